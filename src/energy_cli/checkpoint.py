@@ -1,0 +1,113 @@
+"""checkpoint.pt: atomic saving, safe loading (weights_only), and finding the newest matching run.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+`torch.load(weights_only=True)`: nothing in it can run code. Keys:
+
+    format, model (state_dict), dataset, backbone (config dict), num_classes, in_channels, image_size,
+    mean, std, stage (pretrain | energy | oe), config (the run's resolved config), epoch, step,
+    finished, optimizer, scheduler, rng, history (the train_log rows so far), extra (stage-specific values)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from energy_cli.errors import UserError
+
+FORMAT = "energy-ood/1"
+FILENAME = "checkpoint.pt"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a partial one:
+    write a temporary file in the same folder, fsync it, rename it over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Serialise with torch.save into memory, then write atomically."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True. Missing, truncated, corrupt, foreign or code-carrying
+    files end with a one-line UserError; a file that needs arbitrary pickled objects is never executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path} (pass ckpt=PATH to a checkpoint.pt written by energy-ood)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+            raise UserError(f"refusing to load {path}: it holds pickled Python objects that could run code "
+                            "(only weights_only checkpoints written by energy-ood are accepted)") from None
+        raise UserError(f"{path} is not a readable checkpoint ({first}); it may be truncated or corrupt") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on damaged files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path} is not a readable checkpoint ({first}); it may be truncated or corrupt") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+        raise UserError(f"{path} is not an energy-ood checkpoint (expected format {FORMAT}); "
+                        "train one with `energy-ood train`")
+    return ckpt
+
+
+def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the `module.` / `_orig_mod.` prefixes that DataParallel/DDP/torch.compile add to parameter names."""
+    out = {}
+    prefixes = ("module.", "_orig_mod.")
+    for key, value in state_dict.items():
+        while key.startswith(prefixes):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def candidate_checkpoints(roots: Iterable[Path]) -> list[Path]:
+    """Every checkpoint.pt under the given folders, newest first (by modification time)."""
+    found: list[Path] = []
+    for root in roots:
+        if Path(root).is_dir():
+            found += list(Path(root).rglob(FILENAME))
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def find_newest(roots: Iterable[Path], predicate: Callable[[dict[str, Any]], bool]) -> Path | None:
+    """The newest checkpoint under `roots` whose header satisfies `predicate`; unreadable files are skipped."""
+    for path in candidate_checkpoints(roots):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - a broken file in outputs/ must not hide the good ones
+            continue
+        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and predicate(ckpt):
+            return path
+    return None

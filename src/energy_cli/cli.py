@@ -1,0 +1,180 @@
+"""argv -> (command, Hydra overrides) -> the command's Hydra app.
+
+`energy-ood <command> [OVERRIDES...]` runs the Hydra application whose primary config is
+`conf/<command>.yaml`; every Hydra flag (`-m`, `--cfg job`, `--help`, `hydra.run.dir=...`) keeps working.
+This module only rewrites a few shorthands (`--ood a,b`) and turns user errors into one-line messages.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from energy_cli.errors import UserError
+
+PROG = "energy-ood"
+
+COMMANDS: dict[str, str] = {
+    "train": "pretrain a classifier with cross-entropy",
+    "finetune": "fine-tune it: loss=energy (CE + lambda * energy hinge loss, default) or loss=oe",
+    "eval": "OOD detection: scores -> FPR95 / AUROC / AUPR -> results.csv",
+}
+
+USAGE = f"""usage: {PROG} <command> [OVERRIDES...]
+       {PROG} <command> -m KEY=a,b ...      (a Hydra multirun sweep)
+       {PROG} <command> --help | --cfg job   (Hydra's own flags)
+
+commands:
+""" + "".join(f"  {name:<9} {text}\n" for name, text in COMMANDS.items()) + f"""
+examples:
+  {PROG} train
+  {PROG} finetune m_in=-23 m_out=-5
+  {PROG} eval --ood gaussian,uniform score=all
+  {PROG} finetune -m m_out=-3,-5
+
+Every run prints the folder it writes to (outputs/<command>/<date>_<time>/ by default).
+Configuration keys: {PROG} <command> --cfg job    Documentation: README.md"""
+
+
+def config_dir() -> Path:
+    """The folder holding the Hydra configs: inside the installed wheel, or the repository's conf/."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"energy-ood's configs are missing (looked in {package / 'conf'}); reinstall the package")
+
+
+def expand_shorthands(args: Sequence[str]) -> list[str]:
+    """`--ood a,b` and `--ood=a,b` -> `ood=[a,b]`; everything else is passed to Hydra unchanged."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--ood" or arg.startswith("--ood="):
+            if arg == "--ood":
+                if i + 1 >= len(args) or args[i + 1].startswith("-") or "=" in args[i + 1]:
+                    raise UserError("--ood needs a comma-separated list of OOD sets, e.g. --ood svhn,lsun")
+                value = args[i + 1]
+                i += 1
+            else:
+                value = arg.split("=", 1)[1]
+            names = [v.strip() for v in value.split(",") if v.strip()]
+            if not names:
+                raise UserError("--ood needs a comma-separated list of OOD sets, e.g. --ood svhn,lsun")
+            out.append("ood=[" + ",".join(names) + "]")
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def fail(message: str, status: int = 2) -> None:
+    """Print one line to stderr and exit: the way every user error ends."""
+    message = " ".join(message.split())
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(status)
+
+
+def _is_config_error(exc: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(exc, (HydraException, OmegaConfBaseException))
+
+
+def _config_error_line(exc: BaseException) -> str:
+    """Hydra's multi-line composition messages, folded into one line with a hint."""
+    parts = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    cause = exc.__cause__
+    if cause is not None:
+        parts += [line.strip() for line in str(cause).splitlines()[:1] if line.strip()]
+    text = "; ".join(dict.fromkeys(parts)) or type(exc).__name__
+    if "Could not override" in text or "not in struct" in text or "Key '" in text:
+        text += f" (list the keys with: {PROG} <command> --cfg job)"
+    return text
+
+
+def _report(func: Callable[[], object]) -> object:
+    """Stands in for Hydra's run_and_report: user and config errors become one line, bugs keep a traceback."""
+    try:
+        return func()
+    except UserError as exc:
+        fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - re-raised below unless it is a config error
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _is_config_error(exc):
+            raise
+        fail(_config_error_line(exc))
+    return None
+
+
+def _task(cfg) -> object:
+    """The Hydra task: run the command; a user error ends the program here with its one line (so Hydra
+    adds no "Error executing job" banner; in a sweep, the remaining jobs do not start)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from energy_cli.commands import run_command
+
+    try:
+        return run_command(cfg)
+    except UserError as exc:
+        fail(str(exc))
+    except OmegaConfBaseException as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        fail(_config_error_line(exc))
+    return None
+
+
+def run_hydra(command: str, overrides: Sequence[str]) -> None:
+    """Run the command's Hydra app with the given overrides, as if typed on the command line."""
+    import hydra
+    import hydra._internal.utils as hydra_utils
+
+    hydra_utils.run_and_report = _report
+    saved_argv = sys.argv
+    sys.argv = [f"{PROG}-{command}", *overrides]
+    try:
+        app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)(_task)
+        app()
+    finally:
+        sys.argv = saved_argv
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        sys.stderr.write(USAGE + "\n")
+        raise SystemExit(2)
+    if args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    if args[0] == "--version":
+        from energy_cli import __version__
+
+        print(f"{PROG} {__version__}")
+        return
+    command, rest = args[0], args[1:]
+    try:
+        if command not in COMMANDS:
+            raise UserError(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)} ({PROG} --help)")
+        overrides = expand_shorthands(rest)
+    except UserError as exc:
+        fail(str(exc))
+    from energy_cli.runs import remove_if_unused, with_run_folder
+
+    overrides, claimed = with_run_folder(command, overrides)
+    ok = False
+    try:
+        run_hydra(command, overrides)
+        ok = True
+    finally:
+        if not ok:
+            remove_if_unused(claimed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The commands. Each is one thin module with `run(cfg, run_dir)` that assembles data, model, engine
+and outputs; `run_command` is the Hydra task function's body."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+COMMAND_MODULES = {
+    "train": "energy_cli.commands.train",
+    "finetune": "energy_cli.commands.finetune",
+    "eval": "energy_cli.commands.evaluate",
+}
+
+
+def display_path(path: Path) -> str:
+    """`path` relative to the current folder when it lies below it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def run_command(cfg) -> object:
+    from hydra.core.hydra_config import HydraConfig
+
+    from energy_cli.config import validate
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    print(f"energy-ood {cfg.command}: run folder {display_path(run_dir)}", flush=True)
+    validate(cfg)
+    module = importlib.import_module(COMMAND_MODULES[cfg.command])
+    return module.run(cfg, run_dir)
+
+
+__all__ = ["COMMAND_MODULES", "display_path", "run_command"]

@@ -1,0 +1,126 @@
+"""Pieces the commands share: finding and loading checkpoints into models, and one training run
+(optimiser, schedule, loop, checkpoint.pt and train_log.csv after every epoch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from energy_cli import checkpoint as ckpt_io
+from energy_cli.commands import display_path
+from energy_cli.data.batches import Normalizer
+from energy_cli.engine import (LoopState, Runtime, TrainSpec, fit, make_optimizer, make_scheduler, rng_state,
+                               steps_per_epoch)
+from energy_cli.errors import UserError
+from energy_cli.models import Classifier, build_model
+from energy_cli.results import write_train_log
+from energy_cli.runs import search_roots
+
+STAGES = ("pretrain", "energy", "oe")
+
+
+def dataset_normalizer(cfg: DictConfig) -> Normalizer:
+    return Normalizer(cfg.dataset.mean, cfg.dataset.std)
+
+
+def checkpoint_normalizer(ckpt: dict[str, Any]) -> Normalizer:
+    return Normalizer(ckpt["mean"], ckpt["std"])
+
+
+def find_checkpoint(cfg: DictConfig, stages: Iterable[str], what: str) -> Path:
+    """`ckpt=` when given, else the newest finished run of this dataset and backbone in one of `stages`."""
+    if cfg.get("ckpt"):
+        return Path(str(cfg.ckpt)).expanduser()
+    stages = tuple(stages)
+    dataset, backbone = cfg.dataset.name, cfg.backbone.name
+
+    def matches(c: dict[str, Any]) -> bool:
+        return (c.get("dataset") == dataset and c.get("backbone", {}).get("name") == backbone
+                and c.get("stage") in stages and bool(c.get("finished")))
+
+    found = ckpt_io.find_newest(search_roots(), matches)
+    if found is None:
+        raise UserError(f"no finished {what} run of dataset={dataset} backbone={backbone} under outputs/ or "
+                        f"multirun/ here; run `energy-ood train dataset={dataset} backbone={backbone}` first "
+                        "or pass ckpt=PATH")
+    return found
+
+
+def check_compatible(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """The checkpoint must have been trained on this dataset with this backbone."""
+    d = cfg.dataset
+    if ckpt.get("dataset") != d.name:
+        raise UserError(f"{path} was trained on dataset={ckpt.get('dataset')}, not {d.name}; "
+                        f"add dataset={ckpt.get('dataset')}")
+    if ckpt["backbone"].get("name") != cfg.backbone.name:
+        raise UserError(f"{path} holds backbone={ckpt['backbone'].get('name')}, not {cfg.backbone.name}; "
+                        f"add backbone={ckpt['backbone'].get('name')}")
+    shape = (ckpt.get("num_classes"), ckpt.get("in_channels"), ckpt.get("image_size"))
+    want = (int(d.num_classes), int(d.channels), int(d.image_size))
+    if shape != want:
+        raise UserError(f"{path} expects {shape[0]} classes and {shape[1]}x{shape[2]}x{shape[2]} images, but "
+                        f"dataset={d.name} has {want[0]} classes and {want[1]}x{want[2]}x{want[2]} images")
+
+
+def load_model(path: Path, cfg: DictConfig, runtime: Runtime) -> tuple[Classifier, dict[str, Any]]:
+    """Load a checkpoint, check it fits the config, rebuild its model on the device."""
+    ckpt = ckpt_io.load_checkpoint(path)
+    check_compatible(ckpt, cfg, path)
+    model = build_model(ckpt["backbone"], ckpt["num_classes"], ckpt["in_channels"])
+    try:
+        model.load_state_dict(ckpt_io.strip_module_prefix(ckpt["model"]))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{path} does not fit backbone {ckpt['backbone'].get('name')}: {first}") from None
+    return model.to(runtime.device, memory_format=runtime.memory_format), ckpt
+
+
+def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: TrainSpec, runtime: Runtime,
+                   stage: str, extra: dict[str, Any] | None = None) -> Path:
+    """Run the training loop and keep checkpoint.pt and train_log.csv current after every epoch."""
+    model = model.to(runtime.device, memory_format=runtime.memory_format)
+    optimizer = make_optimizer(model, float(cfg.lr), float(cfg.momentum), float(cfg.weight_decay), bool(cfg.nesterov))
+    total_steps = int(cfg.epochs) * steps_per_epoch(len(spec.train), spec.batch_size)
+    scheduler = make_scheduler(optimizer, total_steps, float(cfg.lr))
+    ckpt_path, log_path = run_dir / ckpt_io.FILENAME, run_dir / "train_log.csv"
+    header = {
+        "dataset": cfg.dataset.name,
+        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "num_classes": int(cfg.dataset.num_classes),
+        "in_channels": int(cfg.dataset.channels),
+        "image_size": int(cfg.dataset.image_size),
+        "mean": list(spec.normalizer.mean_list),
+        "std": list(spec.normalizer.std_list),
+        "stage": stage,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "extra": dict(extra or {}),
+    }
+
+    def save(state: LoopState, finished: bool = False) -> None:
+        ckpt_io.save_checkpoint(ckpt_path, {
+            **header,
+            "model": ckpt_io.strip_module_prefix(model.state_dict()),
+            "epoch": state.epoch,
+            "step": state.step,
+            "finished": finished,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "loop": state.to_dict(),
+        })
+        write_train_log(log_path, state.history)
+
+    state = fit(model, spec, runtime, optimizer, scheduler, LoopState(), save)
+    save(state, finished=True)
+    last = state.history[-1] if state.history else None
+    summary = f"test accuracy {100 * last['test_acc']:.2f}%" if last else "0 epochs: weights unchanged"
+    print(f"{stage}: {summary} after {state.epoch} epochs on {runtime.device.type} ({runtime.precision}); "
+          f"wrote {display_path(ckpt_path)} and {display_path(log_path)}")
+    return ckpt_path
+
+
+def tensor_summary(x: torch.Tensor) -> str:
+    return f"mean {x.mean():.2f}, 5%..95% {x.quantile(0.05):.2f}..{x.quantile(0.95):.2f}"

@@ -1,0 +1,30 @@
+"""energy-ood train: pretrain a classifier with cross-entropy; writes checkpoint.pt and train_log.csv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from energy_cli.commands.common import dataset_normalizer, train_and_save
+from energy_cli.data import load_id
+from energy_cli.engine import TrainSpec, runtime_from_config, seed_everything
+from energy_cli.losses import cross_entropy
+from energy_cli.models import build_model
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    runtime = runtime_from_config(cfg)
+    seed_everything(int(cfg.seed))
+    train, test = load_id(cfg)
+    model = build_model(cfg.backbone, int(cfg.dataset.num_classes), int(cfg.dataset.channels))
+    spec = TrainSpec(
+        train=train, test=test, normalizer=dataset_normalizer(cfg),
+        objective=lambda logits, labels, n_in: cross_entropy(logits, labels),
+        epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
+        crop_pad=int(cfg.dataset.augment.crop_pad), flip=bool(cfg.dataset.augment.flip),
+        eval_batch_size=int(cfg.eval_batch_size), description="train",
+    )
+    print(f"training {cfg.backbone.name} on {cfg.dataset.name}: {len(train)} train / {len(test)} test images, "
+          f"{cfg.epochs} epochs, lr {cfg.lr}, batch {cfg.batch_size}, {runtime.device.type} {runtime.precision}")
+    return train_and_save(cfg, run_dir, model, spec, runtime, stage="pretrain")

@@ -1,0 +1,96 @@
+"""Checks on a composed config, run before any work: one clear line per mistake, naming the key and
+what it accepts. (Hydra already rejects unknown keys and unknown config-group choices.)"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from energy_cli.errors import UserError
+
+
+def _number(cfg: DictConfig, key: str) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{key}={value!r} must be a number")
+    if not math.isfinite(float(value)):
+        raise UserError(f"{key}={value!r} must be a finite number")
+    return float(value)
+
+
+def _integer(cfg: DictConfig, key: str, minimum: int) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{key}={value!r} must be a whole number >= {minimum}")
+    if value < minimum:
+        raise UserError(f"{key}={value} must be >= {minimum}")
+    return value
+
+
+def _positive(cfg: DictConfig, key: str) -> None:
+    if _number(cfg, key) <= 0:
+        raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be > 0")
+
+
+def _non_negative(cfg: DictConfig, key: str) -> None:
+    if _number(cfg, key) < 0:
+        raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")
+
+
+def _choice(cfg: DictConfig, key: str, allowed: list[str]) -> None:
+    value = str(OmegaConf.select(cfg, key))
+    if value not in allowed:
+        raise UserError(f"{key}={value} is not known; choose one of: {', '.join(allowed)}")
+
+
+def as_list(value: Any) -> list[str]:
+    """A list-valued key given as a list, or as one comma-separated string."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, ListConfig)):
+        return [str(v).strip() for v in value]
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise UserError for the first invalid value in `cfg` (the config of one command)."""
+    from energy_cli.data import ID_DATASETS, resolve_ood_names
+    from energy_cli.models import BACKBONES
+
+    command = cfg.command
+    _integer(cfg, "seed", 0)
+    _choice(cfg, "dataset.name", sorted(ID_DATASETS))
+    _choice(cfg, "backbone.name", list(BACKBONES))
+    _choice(cfg, "precision", ["auto", "fp32", "bf16"])
+    device = str(cfg.device)
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise UserError(f"device={device} is not known; choose one of: auto, cpu, cuda, cuda:N")
+    _positive(cfg, "temperature")
+    _integer(cfg, "eval_batch_size", 1)
+    if command in ("train", "finetune"):
+        _integer(cfg, "epochs", 0)
+        _integer(cfg, "batch_size", 1)
+        _positive(cfg, "lr")
+        _non_negative(cfg, "weight_decay")
+        momentum = _number(cfg, "momentum")
+        if not 0 <= momentum < 1:
+            raise UserError(f"momentum={momentum:g} must be in [0, 1)")
+    if command == "finetune":
+        _integer(cfg, "outlier_batch_size", 1)
+        _choice(cfg, "loss.name", ["energy", "oe"])
+        _non_negative(cfg, "loss.weight")
+        if cfg.loss.name == "energy":
+            m_in, m_out = _number(cfg, "m_in"), _number(cfg, "m_out")
+            if not m_in < m_out:
+                raise UserError(f"m_in={m_in:g} must be below m_out={m_out:g} (ID energies are pushed below m_in, "
+                                "outlier energies above m_out)")
+    if command == "eval":
+        from energy_cli.commands.evaluate import resolve_score_names
+
+        resolve_ood_names(cfg.ood, cfg.dataset)
+        resolve_score_names(cfg.score)
+        _integer(cfg, "num_to_avg", 1)
+        if str(cfg.ood_samples) != "all":
+            _integer(cfg, "ood_samples", 1)

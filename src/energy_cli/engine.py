@@ -1,0 +1,346 @@
+"""Where and how to compute: device, precision, seeding, batched inference, and the training loop that
+`train` and `finetune` share.
+
+The loop keeps the uint8 data on the device, draws every batch by index, augments and normalises it
+there, and never waits for the device inside an epoch (losses are summed on the device and read once
+per epoch). All randomness of step b of epoch e comes from generators seeded with (seed, e, b), so a run
+restarted from a checkpoint at any step sees exactly the batches, augmentations and outliers it would
+have seen; the global torch RNG (dropout) is saved and restored with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from energy_cli.data.batches import Normalizer, index_batches, random_crop_flip
+from energy_cli.data.images import ImageSet
+from energy_cli.errors import UserError
+
+
+# --------------------------------------------------------------------------- device and precision
+
+@dataclass(frozen=True)
+class Runtime:
+    """The compute device, the autocast dtype (None = fp32) and the memory format of image batches."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+    progress: bool = True
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.dtype is None else str(self.dtype).replace("torch.", "").replace("bfloat16", "bf16")
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda if available, else cpu; cpu / cuda / cuda:N as given (cuda must exist)."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is available here; use device=cpu or device=auto")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device={name} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX tiles (bf16 matrix units), where bf16 convolutions beat fp32 several times."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except Exception:  # noqa: BLE001 - a private probe; absence means "no"
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """auto -> bf16 on CUDA GPUs with bf16 support and on CPUs with AMX, fp32 elsewhere; fp32 | bf16 as given."""
+    name = str(name)
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    raise UserError(f"precision={name} is not known; use auto, fp32 or bf16")
+
+
+def runtime_from_config(cfg: Any) -> Runtime:
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    channels_last = device.type == "cuda" or dtype is not None
+    return Runtime(device=device, dtype=dtype, channels_last=channels_last, progress=bool(cfg.get("progress", True)))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from a tuple of integers (splitmix-style), for per-epoch and per-step generators."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h ^= (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFF_FFFF_FFFF_FFFF
+        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFF_FFFF_FFFF_FFFF
+    return h & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state, as tensors and plain lists (weights_only-safe)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- inference
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, runtime: Runtime,
+            batch_size: int = 1024, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (fp32, on the CPU) of uint8 images, in eval mode; with features=True also the penultimate
+    features. One forward pass per batch; images may live on the CPU or on the device."""
+    was_training = model.training
+    model.eval()
+    norm = normalizer.to(runtime.device)
+    logits_parts, feat_parts = [], []
+    pin = runtime.device.type == "cuda" and images.device.type == "cpu"
+    try:
+        for sl in index_batches(len(images), batch_size):
+            batch = images[sl]
+            if pin:
+                batch = batch.pin_memory()
+            x = norm(batch.to(runtime.device, non_blocking=True), runtime.memory_format)
+            with runtime.autocast():
+                if features:
+                    logits, feats = model.forward_with_features(x)
+                    feat_parts.append(feats.float().cpu())
+                else:
+                    logits = model(x)
+            logits_parts.append(logits.float().cpu())
+    finally:
+        model.train(was_training)
+    num_classes = model.fc.out_features
+    logits = torch.cat(logits_parts) if logits_parts else torch.zeros((0, num_classes))
+    feats = (torch.cat(feat_parts) if feat_parts else torch.zeros((0, model.feature_dim))) if features else None
+    return logits, feats
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of argmax predictions equal to the labels."""
+    return float((logits.argmax(dim=1) == labels.to(logits.device)).float().mean()) if len(labels) else float("nan")
+
+
+# --------------------------------------------------------------------------- training
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
+                   nesterov: bool) -> torch.optim.SGD:
+    """SGD with (Nesterov) momentum and weight decay on every parameter, as in the paper."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov and momentum > 0)
+
+
+def cosine_factor(step: int, total_steps: int, lr: float, lr_min: float = 1e-6) -> float:
+    """Multiplier of the base lr at `step`: cosine from 1 down to lr_min / lr over `total_steps`
+    (the paper's per-step schedule)."""
+    if total_steps <= 0:
+        return 1.0
+    floor = min(1.0, lr_min / lr)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, total_steps, lr))
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands: finished epochs, batches done in the current epoch, running sums of the
+    current epoch, and the rows logged so far. Saved in every checkpoint."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoopState":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+# objective(logits fp32 of the whole forward batch, ID labels, number of ID rows) -> scalar loss
+Objective = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class TrainSpec:
+    """Everything the loop needs beyond the model: data, objective and optimisation settings."""
+
+    train: ImageSet
+    test: ImageSet
+    normalizer: Normalizer
+    objective: Objective
+    epochs: int
+    batch_size: int
+    seed: int
+    crop_pad: int = 0
+    flip: bool = False
+    outliers: ImageSet | None = None
+    outlier_batch_size: int = 0
+    eval_batch_size: int = 1024
+    checkpoint_every_steps: int = 0
+    description: str = "train"
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler, state: LoopState,
+        save: Callable[[LoopState], None]) -> LoopState:
+    """Train from `state` to `spec.epochs`, calling `save(state)` after every epoch (and every
+    `checkpoint_every_steps` steps). Raises UserError when the loss stops being finite (the last
+    saved checkpoint is then the last good one)."""
+    from tqdm.auto import tqdm
+
+    dev = runtime.device
+    images = spec.train.images.to(dev)
+    labels = spec.train.labels.to(dev)
+    out_images = spec.outliers.images.to(dev) if spec.outliers is not None else None
+    norm = spec.normalizer.to(dev)
+    n = len(images)
+    steps = steps_per_epoch(n, spec.batch_size)
+    gen = runtime.generator(0)
+    model.train()
+    total = spec.epochs * steps
+    bar = tqdm(total=total, initial=min(state.step, total), desc=spec.description, unit="step",
+               disable=not runtime.progress, leave=False, dynamic_ncols=True)
+    try:
+        while state.epoch < spec.epochs:
+            epoch = state.epoch
+            started = time.perf_counter()
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(spec.seed, epoch, 0))).to(dev)
+            if out_images is not None:
+                out_order = torch.randperm(len(out_images), generator=torch.Generator().manual_seed(
+                    mix_seed(spec.seed, epoch, 1))).to(dev)
+            loss_sum = torch.tensor(state.loss_sum, device=dev, dtype=torch.float64)
+            correct = torch.tensor(state.correct, device=dev, dtype=torch.int64)
+            count = state.count
+            for b in range(state.batch, steps):
+                gen.manual_seed(mix_seed(spec.seed, epoch, b, 2))
+                idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
+                x = random_crop_flip(images[idx], spec.crop_pad, spec.flip, gen)
+                y = labels[idx]
+                n_in = len(idx)
+                if out_images is not None:
+                    pos = (b * spec.outlier_batch_size + torch.arange(spec.outlier_batch_size, device=dev)) % len(out_images)
+                    xo = random_crop_flip(out_images[out_order[pos]], spec.crop_pad, spec.flip, gen)
+                    x = torch.cat([x, xo])
+                x = norm(x, runtime.memory_format)
+                with runtime.autocast():
+                    logits = model(x)
+                loss = spec.objective(logits.float(), y, n_in)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.detach().double() * n_in
+                correct += (logits[:n_in].detach().argmax(dim=1) == y).sum()
+                count += n_in
+                state.batch = b + 1
+                state.step += 1
+                bar.update(1)
+                if spec.checkpoint_every_steps and state.step % spec.checkpoint_every_steps == 0 and state.batch < steps:
+                    _check_finite(float(loss_sum), epoch, state)
+                    state.loss_sum, state.correct, state.count = float(loss_sum), int(correct), count
+                    state.seconds += time.perf_counter() - started
+                    started = time.perf_counter()
+                    save(state)
+            epoch_loss = float(loss_sum) / max(count, 1)
+            _check_finite(epoch_loss, epoch, state)
+            test_logits, _ = predict(model, spec.test.images, spec.normalizer, runtime, spec.eval_batch_size)
+            state.seconds += time.perf_counter() - started
+            row = {
+                "epoch": epoch + 1,
+                "loss": epoch_loss,
+                "train_acc": int(correct) / max(count, 1),
+                "test_acc": accuracy(test_logits, spec.test.labels),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": state.seconds,
+            }
+            state.history.append(row)
+            state.epoch, state.batch = epoch + 1, 0
+            state.loss_sum, state.correct, state.count, state.seconds = 0.0, 0, 0, 0.0
+            bar.set_postfix(loss=f"{row['loss']:.4f}", test_acc=f"{row['test_acc']:.4f}")
+            save(state)
+            if not runtime.progress:
+                continue
+            tqdm.write(f"epoch {row['epoch']:>3}/{spec.epochs}  loss {row['loss']:.4f}  train_acc "
+                       f"{row['train_acc']:.4f}  test_acc {row['test_acc']:.4f}  lr {row['lr']:.2e}  "
+                       f"{row['seconds']:.1f}s")
+    finally:
+        bar.close()
+    return state
+
+
+def _check_finite(loss: float, epoch: int, state: LoopState) -> None:
+    if not math.isfinite(loss):
+        raise UserError(f"the training loss became {loss} in epoch {epoch + 1} (step {state.step}); "
+                        "stopped without saving this epoch, the last checkpoint is the last good one; "
+                        "try a smaller lr or loss.weight")

@@ -1,0 +1,67 @@
+"""WideResNet (Zagoruyko & Komodakis, 2016) with pre-activation blocks; WRN-40-2 is the paper's backbone."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from energy_cli.models.base import Classifier
+
+
+class _Block(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, plus a 1x1 projection shortcut when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.dropout = dropout
+        self.equal = c_in == c_out and stride == 1
+        self.shortcut = None if self.equal else nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = F.relu(self.bn1(x))
+        y = self.conv1(o)
+        y = F.relu(self.bn2(y))
+        if self.dropout > 0:
+            y = F.dropout(y, p=self.dropout, training=self.training)
+        y = self.conv2(y)
+        return y + (x if self.equal else self.shortcut(o))
+
+
+class WideResNet(Classifier):
+    """WRN-depth-k: 3 stages of (depth-4)/6 blocks with 16k, 32k, 64k channels after a 16-channel stem."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 40, widen_factor: int = 2,
+                 dropout: float = 0.3):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        stages = []
+        for i, stride in enumerate((1, 2, 2)):
+            blocks = [_Block(widths[i] if j == 0 else widths[i + 1], widths[i + 1], stride if j == 0 else 1, dropout)
+                      for j in range(n)]
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(widths[3])
+        self.feature_dim = widths[3]
+        self.fc = nn.Linear(widths[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.conv1(x))
+        x = F.relu(self.bn(x))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -1,0 +1,81 @@
+"""Shared fixtures: composing configs, and running the CLI in-process in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Small, fast settings for end-to-end runs on the embedded digits data.
+FAST = ["progress=false", "precision=fp32"]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def compose():
+    """compose(command, overrides) -> the command's composed config (no Hydra run)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from energy_cli.cli import config_dir
+
+    def _compose(command: str, overrides=()):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return hydra_compose(config_name=command, overrides=list(overrides))
+
+    return _compose
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """cli(*args) runs `energy-ood *args` in-process with the current folder set to tmp_path."""
+    from energy_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def _run(*args: str) -> Result:
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return _run
+
+
+@pytest.fixture
+def cli_subprocess(tmp_path):
+    """cli_subprocess(*args) runs `python -m energy_cli *args` as a separate process in tmp_path."""
+
+    def _run(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> Result:
+        full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
+        proc = subprocess.run([sys.executable, "-m", "energy_cli", *args], cwd=cwd or tmp_path, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return _run
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def header(path: Path) -> list[str]:
+    with open(path) as f:
+        return f.readline().strip().split(",")
