@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from energy_cli import checkpoint as ckpt_io
 from energy_cli.commands import display_path
 from energy_cli.data.batches import Normalizer
-from energy_cli.engine import (LoopState, Runtime, TrainSpec, fit, make_optimizer, make_scheduler, rng_state,
-                               steps_per_epoch)
+from energy_cli.engine import (LoopState, Runtime, TrainSpec, fit, make_optimizer, make_scheduler, prepare_model,
+                               rng_state, steps_per_epoch)
 from energy_cli.errors import UserError
 from energy_cli.models import Classifier, build_model
 from energy_cli.results import write_train_log
@@ -75,13 +75,14 @@ def load_model(path: Path, cfg: DictConfig, runtime: Runtime) -> tuple[Classifie
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{path} does not fit backbone {ckpt['backbone'].get('name')}: {first}") from None
-    return model.to(runtime.device, memory_format=runtime.memory_format), ckpt
+    shape = (ckpt["in_channels"], ckpt["image_size"], ckpt["image_size"])
+    return prepare_model(model, runtime, shape), ckpt
 
 
 def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: TrainSpec, runtime: Runtime,
                    stage: str, extra: dict[str, Any] | None = None) -> Path:
     """Run the training loop and keep checkpoint.pt and train_log.csv current after every epoch."""
-    model = model.to(runtime.device, memory_format=runtime.memory_format)
+    model = prepare_model(model, runtime, spec.train.shape)
     optimizer = make_optimizer(model, float(cfg.lr), float(cfg.momentum), float(cfg.weight_decay), bool(cfg.nesterov))
     total_steps = int(cfg.epochs) * steps_per_epoch(len(spec.train), spec.batch_size)
     scheduler = make_scheduler(optimizer, total_steps, float(cfg.lr))
