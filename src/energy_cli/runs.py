@@ -61,13 +61,19 @@ def with_run_folder(command: str, args: Sequence[str]) -> tuple[list[str], Path 
     return [*args, f"{key}={folder.as_posix()}"], folder
 
 
+def earlier_outputs(folder: Path) -> list[Path]:
+    """The files in a run folder besides Hydra's own record (.hydra/, *.log): what a run wrote there."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log")
+
+
 def remove_if_unused(folder: Path | None) -> None:
     """Delete a claimed run folder that ended up holding nothing but Hydra's own .hydra record
     (the run failed before writing anything)."""
     if folder is None or not folder.is_dir():
         return
-    leftovers = [p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"]
-    if not leftovers:
+    if not earlier_outputs(folder):
         shutil.rmtree(folder, ignore_errors=True)
         parent = folder.parent
         try:
