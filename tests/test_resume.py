@@ -234,3 +234,19 @@ def test_config_differences_ignore_volatile_keys():
 def test_hydra_quote_round_trips_odd_paths(compose):
     for path in ("outputs/train/2026-01-01_10-00-00/checkpoint.pt", "/tmp/a b/c'd=e,f/checkpoint.pt"):
         assert compose("train", [f"resume={hydra_quote(path)}"]).resume == path
+
+
+def test_searching_for_runs_never_unpickles_code(cli, tmp_path):
+    from test_checkpoint import _Payload
+
+    from energy_cli.checkpoint import FORMAT
+
+    marker = tmp_path / "PWNED"
+    for command in ("train", "finetune"):
+        evil = tmp_path / "outputs" / command / "evil" / "checkpoint.pt"
+        evil.parent.mkdir(parents=True)
+        torch.save({"format": FORMAT, "model": {}, "stage": "pretrain", "x": _Payload(str(marker))}, evil)
+    assert "no interrupted `train` run" in cli("train", "resume=true", *FAST).err
+    assert "no finished train run" in cli("finetune", *FAST).err
+    assert "no finished train or finetune run" in cli("eval", *FAST).err
+    assert not marker.exists()

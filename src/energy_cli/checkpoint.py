@@ -4,8 +4,14 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 `torch.load(weights_only=True)`: nothing in it can run code. Keys:
 
     format, model (state_dict), dataset, backbone (config dict), num_classes, in_channels, image_size,
-    mean, std, stage (pretrain | energy | oe), config (the run's resolved config), epoch, step,
-    finished, optimizer, scheduler, rng, history (the train_log rows so far), extra (stage-specific values)
+    mean, std, stage (pretrain | energy | oe), config (the run's resolved config), overrides (its command-line
+    overrides), epoch, step, finished, optimizer, scheduler, rng (every global RNG state), loop (the position
+    inside the epoch, its running sums and the train_log rows so far), resumes (one entry per resume),
+    extra (stage-specific values)
+
+Every write goes to a temporary file in the same folder, is fsynced and renamed over the target, so a
+process killed at any moment leaves the previous file or the new one (and at worst a stray temporary,
+which `remove_stale_temporaries` deletes).
 """
 
 from __future__ import annotations

@@ -181,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if starts_a_job(overrides):
         overrides = _report(lambda: resume.plan(command, overrides))  # type: ignore[assignment]
-    overrides, claimed = with_run_folder(command, overrides)
+    try:
+        overrides, claimed = with_run_folder(command, overrides)
+    except UserError as exc:
+        fail(str(exc))
     ok = False
     previous = _stop_on_sigterm()
     try:
