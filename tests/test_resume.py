@@ -169,8 +169,9 @@ def test_ctrl_c_then_resume_keeps_the_settings_and_refuses_a_running_run(cli, tm
 
 
 def test_finetune_resumes_from_its_own_checkpoint(cli, tmp_path, one_thread):
-    tiny = ["backbone.width=8", "backbone.dropout=0.3", "batch_size=64", *FAST]
-    assert cli("train", "epochs=1", *tiny, "hydra.run.dir=pre").code == 0
+    tiny = ["batch_size=64", *FAST]
+    assert cli("train", "epochs=1", "backbone.width=8", "backbone.dropout=0.3", *tiny, "hydra.run.dir=pre").code == 0
+    # the backbone's options come from the starting checkpoint (width 8, dropout 0.3), not the defaults
     ft = ["finetune", "epochs=2", "ckpt=pre/checkpoint.pt", "outlier_batch_size=64", *tiny]
     with interrupt_at_call(2 * 30 + 1):                         # two augmentations per step: ID and outliers
         assert cli(*ft, "hydra.run.dir=ft").code == 130
@@ -180,8 +181,10 @@ def test_finetune_resumes_from_its_own_checkpoint(cli, tmp_path, one_thread):
     assert cli(*ft, "hydra.run.dir=reference").code == 0
     wa, wb = weights(tmp_path / "reference/checkpoint.pt"), weights(tmp_path / "ft/checkpoint.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert load_checkpoint(tmp_path / "ft/checkpoint.pt")["extra"]["init_checkpoint"] == str(
-        (tmp_path / "pre/checkpoint.pt").resolve())
+    final = load_checkpoint(tmp_path / "ft/checkpoint.pt")
+    assert final["extra"]["init_checkpoint"] == str((tmp_path / "pre/checkpoint.pt").resolve())
+    assert final["backbone"] == {"name": "small_cnn", "width": 8, "dropout": 0.3}
+    assert cli("eval", "ckpt=ft/checkpoint.pt", "--ood", "gaussian", *FAST, "hydra.run.dir=ev").code == 0
 
 
 def test_resume_auto_starts_a_new_run_when_there_is_nothing_to_resume(cli, tmp_path):

@@ -125,13 +125,20 @@ def candidate_checkpoints(roots: Iterable[Path]) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def peek(path: Path) -> dict[str, Any] | None:
+    """A checkpoint read lazily (weights_only, memory-mapped) to look at its header; None when it is not a
+    readable energy-ood checkpoint. For searching many runs; never runs code."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a broken file in outputs/ must not hide the good ones
+        return None
+    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else None
+
+
 def find_newest(roots: Iterable[Path], predicate: Callable[[dict[str, Any]], bool]) -> Path | None:
     """The newest checkpoint under `roots` whose header satisfies `predicate`; unreadable files are skipped."""
     for path in candidate_checkpoints(roots):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - a broken file in outputs/ must not hide the good ones
-            continue
-        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and predicate(ckpt):
+        ckpt = peek(path)
+        if ckpt is not None and predicate(ckpt):
             return path
     return None

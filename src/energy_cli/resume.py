@@ -193,11 +193,8 @@ def find_interrupted(command: str, config: dict[str, Any], roots: Sequence[Path]
     for path in ckpt_io.candidate_checkpoints(roots):
         if is_locked(path.parent):
             continue
-        try:
-            ckpt = ckpt_io.load_checkpoint(path)
-        except UserError:
-            continue
-        if matches(ckpt):
+        ckpt = ckpt_io.peek(path)
+        if ckpt is not None and matches(ckpt):
             return path
     return None
 

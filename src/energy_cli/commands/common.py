@@ -84,7 +84,11 @@ def check_compatible(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
 def load_model(path: Path, cfg: DictConfig, runtime: Runtime) -> tuple[Classifier, dict[str, Any]]:
     """Load a checkpoint, check it fits the config, rebuild its model on the device."""
     ckpt = ckpt_io.load_checkpoint(path)
-    return model_from_checkpoint(ckpt, cfg, path, runtime), ckpt
+    model = model_from_checkpoint(ckpt, cfg, path, runtime)
+    if "finished" in ckpt and not ckpt["finished"]:
+        print(f"note: {display_path(path)} is an interrupted run (epoch {ckpt.get('epoch')} of "
+              f"{(ckpt.get('config') or {}).get('epochs', '?')}); using it as it is")
+    return model, ckpt
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], cfg: DictConfig, path: Path, runtime: Runtime) -> Classifier:
@@ -115,11 +119,12 @@ def _all_finite(model: torch.nn.Module) -> bool:
 
 def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: TrainSpec, runtime: Runtime,
                    stage: str, extra: dict[str, Any] | None = None,
-                   resume_from: dict[str, Any] | None = None) -> Path:
+                   resume_from: dict[str, Any] | None = None, backbone: dict[str, Any] | None = None) -> Path:
     """Run the training loop and keep checkpoint.pt and train_log.csv current after every epoch (and every
     `checkpoint_every_steps` steps); with `resume_from` (a checkpoint of this run) continue where it
     stopped. SIGINT / SIGTERM save the current step and raise Interrupted; a loss that stops being finite
-    raises a UserError and leaves the last good checkpoint in place."""
+    raises a UserError and leaves the last good checkpoint in place. `backbone` is the model's backbone
+    config when it did not come from `cfg.backbone` (fine-tuning: the starting checkpoint's)."""
     model = model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer = make_optimizer(model, float(cfg.lr), float(cfg.momentum), float(cfg.weight_decay), bool(cfg.nesterov))
     total_steps = int(cfg.epochs) * steps_per_epoch(len(spec.train), spec.batch_size)
@@ -128,7 +133,7 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     overrides = [o for o in task_overrides() if not o.startswith("resume=")]
     header = {
         "dataset": cfg.dataset.name,
-        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "backbone": dict(backbone) if backbone is not None else OmegaConf.to_container(cfg.backbone, resolve=True),
         "num_classes": int(cfg.dataset.num_classes),
         "in_channels": int(cfg.dataset.channels),
         "image_size": int(cfg.dataset.image_size),

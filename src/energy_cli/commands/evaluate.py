@@ -75,9 +75,6 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     score_names = resolve_score_names(cfg.score)
     path = find_checkpoint(cfg, stages=STAGES, what="train or finetune")
     model, ckpt = load_model(path, cfg, runtime)
-    if "finished" in ckpt and not ckpt["finished"]:
-        print(f"note: {display_path(path)} is an interrupted run (epoch {ckpt.get('epoch')} of "
-              f"{(ckpt.get('config') or {}).get('epochs', '?')}); evaluating it as it is")
     normalizer = checkpoint_normalizer(ckpt)
     temperature = float(cfg.temperature)
     shape = id_shape(cfg)

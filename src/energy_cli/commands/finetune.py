@@ -50,4 +50,5 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
           f"batch {cfg.batch_size}+{cfg.outlier_batch_size}")
     extra = {"init_checkpoint": str(start.resolve()), "loss": name, "loss_weight": weight,
              "m_in": m_in, "m_out": m_out, "temperature": temperature, "outliers": outliers.name}
-    return train_and_save(cfg, run_dir, model, spec, runtime, stage=name, extra=extra, resume_from=resumed)
+    return train_and_save(cfg, run_dir, model, spec, runtime, stage=name, extra=extra, resume_from=resumed,
+                          backbone=ckpt["backbone"])
