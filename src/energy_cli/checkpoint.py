@@ -4,8 +4,14 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 `torch.load(weights_only=True)`: nothing in it can run code. Keys:
 
     format, model (state_dict), dataset, backbone (config dict), num_classes, in_channels, image_size,
-    mean, std, stage (pretrain | energy | oe), config (the run's resolved config), epoch, step,
-    finished, optimizer, scheduler, rng, history (the train_log rows so far), extra (stage-specific values)
+    mean, std, stage (pretrain | energy | oe), config (the run's resolved config), overrides (its command-line
+    overrides), epoch, step, finished, optimizer, scheduler, rng (every global RNG state), loop (the position
+    inside the epoch, its running sums and the train_log rows so far), resumes (one entry per resume),
+    extra (stage-specific values)
+
+Every write goes to a temporary file in the same folder, is fsynced and renamed over the target, so a
+process killed at any moment leaves the previous file or the new one (and at worst a stray temporary,
+which `remove_stale_temporaries` deletes).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -49,6 +56,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files an atomic write leaves behind when its process is killed mid-write
+    (`.<name>.<random>.tmp`); call it only while no other process writes to `folder`."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -101,13 +125,20 @@ def candidate_checkpoints(roots: Iterable[Path]) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def peek(path: Path) -> dict[str, Any] | None:
+    """A checkpoint read lazily (weights_only, memory-mapped) to look at its header; None when it is not a
+    readable energy-ood checkpoint. For searching many runs; never runs code."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a broken file in outputs/ must not hide the good ones
+        return None
+    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else None
+
+
 def find_newest(roots: Iterable[Path], predicate: Callable[[dict[str, Any]], bool]) -> Path | None:
     """The newest checkpoint under `roots` whose header satisfies `predicate`; unreadable files are skipped."""
     for path in candidate_checkpoints(roots):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - a broken file in outputs/ must not hide the good ones
-            continue
-        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and predicate(ckpt):
+        ckpt = peek(path)
+        if ckpt is not None and predicate(ckpt):
             return path
     return None
