@@ -64,10 +64,10 @@ class Detector:
 
 
 class LogitDetector(Detector):
-    """A score that is a pure function of the logits (scores.LOGIT_SCORES)."""
+    """A score that is a pure function of the logits (scores.LOGIT_SCORES). `temperature` (the key) is
+    passed to the function; the temperature the score applies is 1 for msp (the softmax at T = 1), none for
+    maxlogit, and the key for energy."""
 
-    # the temperature each logit score applies: msp is the softmax at T = 1, maxlogit has none,
-    # energy uses the `temperature` key
     def __init__(self, name: str, temperature: float):
         self.name = name
         self.fn: Callable[[torch.Tensor, float], torch.Tensor] = LOGIT_SCORES[name]
