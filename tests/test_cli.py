@@ -102,7 +102,7 @@ def test_eval_ood_shorthand_and_repeated_draws(workspace, monkeypatch, capsys):
     rows = read_csv(workspace / "outputs/eval/draws/results.csv")
     assert header(workspace / "outputs/eval/draws/results.csv") == RESULT_COLUMNS + STD_COLUMNS
     assert [(r["score"], r["ood"]) for r in rows] == [
-        (s, o) for s in ("msp", "maxlogit", "energy") for o in ("gaussian", "uniform", "average")]
+        (s, o) for s in ("msp", "maxlogit", "energy", "odin", "mahalanobis") for o in ("gaussian", "uniform", "average")]
     assert {int(r["n_ood"]) for r in rows if r["ood"] != "average"} == {100}
     assert any(float(r["fpr95_std"]) > 0 for r in rows)   # different draws differ
     capsys.readouterr()

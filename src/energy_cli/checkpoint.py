@@ -16,6 +16,7 @@ which `remove_stale_temporaries` deletes).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -142,3 +143,40 @@ def find_newest(roots: Iterable[Path], predicate: Callable[[dict[str, Any]], boo
         if ckpt is not None and predicate(ckpt):
             return path
     return None
+
+
+# --------------------------------------------------------------------------- fitted-statistics caches
+
+FIT_FORMAT = "energy-ood-fit/1"
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_fit_cache(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Statistics fitted on a checkpoint (e.g. mahalanobis.pt next to it), written atomically, tagged with `key`."""
+    buffer = io.BytesIO()
+    torch.save({"format": FIT_FORMAT, "key": key, "tensors": dict(tensors)}, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_fit_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of a fit cache written with the same `key`; None when the file is missing, unreadable,
+    foreign or was written for another key (another checkpoint, training set or precision)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged cache is refitted, never trusted
+        return None
+    if not isinstance(cache, dict) or cache.get("format") != FIT_FORMAT or cache.get("key") != key:
+        return None
+    tensors = cache.get("tensors")
+    return tensors if isinstance(tensors, dict) else None

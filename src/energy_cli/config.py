@@ -110,6 +110,9 @@ def validate(cfg: DictConfig) -> None:
 
         resolve_ood_names(cfg.ood, cfg.dataset)
         resolve_score_names(cfg.score)
+        _positive(cfg, "odin.temperature")
+        _non_negative(cfg, "odin.noise")
+        _non_negative(cfg, "mahalanobis.noise")
         _integer(cfg, "num_to_avg", 1)
         if str(cfg.ood_samples) != "all":
             _integer(cfg, "ood_samples", 1)
