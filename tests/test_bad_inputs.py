@@ -95,7 +95,7 @@ CASES = [
     (["eval", "backbone=vgg16"], "backbone=vgg16 is not known; choose one of: resnet18, small_cnn, wrn40_2"),
     (["finetune", "outliers=imagenet"], "outliers=imagenet is not known; choose one of: china_patches"),
     (["finetune", "loss=focal"], "loss=focal is not known; choose one of: energy, oe"),
-    (["eval", "score=[msp,foo]"], "score=foo is not known; choose from: msp, maxlogit, energy or all"),
+    (["eval", "score=[msp,foo]"], "score=foo is not known; choose from: msp, maxlogit, energy, odin, mahalanobis or all"),
     (["eval", "--ood", "gaussian,mars"], "unknown OOD set 'mars'; choose from: "),
     (["train", "nosuchkey=1"], "Could not override 'nosuchkey'"),
     # checkpoints: missing, damaged, foreign, code-carrying, or not matching the dataset / backbone
