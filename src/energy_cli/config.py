@@ -73,6 +73,11 @@ def validate(cfg: DictConfig) -> None:
     device = str(cfg.device)
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise UserError(f"device={device} is not known; choose one of: auto, cpu, cuda, cuda:N")
+    threads = cfg.get("threads", "auto")
+    if str(threads) != "auto":
+        _integer(cfg, "threads", 1)
+    if not isinstance(cfg.get("compile", False), bool):
+        raise UserError(f"compile={cfg.compile!r} must be true or false")
     _positive(cfg, "temperature")
     _integer(cfg, "eval_batch_size", 1)
     _boolean(cfg, "overwrite")

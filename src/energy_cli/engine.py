@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Runtime:
     dtype: torch.dtype | None = None
     channels_last: bool = False
     progress: bool = True
+    compile: bool = False
 
     @property
     def precision(self) -> str:
@@ -93,11 +95,58 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     raise UserError(f"precision={name} is not known; use auto, fp32 or bf16")
 
 
+def set_threads(threads: Any) -> int:
+    """CPU threads for torch's kernels: `auto` = every core this process may run on."""
+    if str(threads) == "auto":
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            n = os.cpu_count() or 1
+    else:
+        n = int(threads)
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return n
+
+
 def runtime_from_config(cfg: Any) -> Runtime:
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
+    if device.type == "cpu":
+        set_threads(cfg.get("threads", "auto"))
     channels_last = device.type == "cuda" or dtype is not None
-    return Runtime(device=device, dtype=dtype, channels_last=channels_last, progress=bool(cfg.get("progress", True)))
+    return Runtime(device=device, dtype=dtype, channels_last=channels_last, progress=bool(cfg.get("progress", True)),
+                   compile=bool(cfg.get("compile", False)))
+
+
+def is_compiled(model: nn.Module) -> bool:
+    return getattr(model, "_compiled_call_impl", None) is not None
+
+
+def prepare_model(model: nn.Module, runtime: Runtime, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """Move the model to the device in the runtime's memory format and, with compile=true, compile it in place
+    (`nn.Module.compile`: parameter names stay unprefixed). Compilation is tried on one small eval-mode batch of
+    `input_shape`; if it fails (no compiler, unsupported op) the model stays eager and a one-line note is printed."""
+    model = model.to(runtime.device, memory_format=runtime.memory_format)
+    if not runtime.compile or is_compiled(model):
+        return model
+    model.compile(dynamic=False)
+    if input_shape is None:
+        return model
+    was_training = model.training
+    started = time.perf_counter()
+    try:
+        model.eval()
+        with torch.no_grad(), runtime.autocast():
+            model(torch.zeros((2, *input_shape), device=runtime.device).contiguous(memory_format=runtime.memory_format))
+        print(f"torch.compile: ready in {time.perf_counter() - started:.1f}s", flush=True)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager execution
+        model._compiled_call_impl = None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"torch.compile failed ({type(exc).__name__}: {first}); running eagerly", flush=True)
+    finally:
+        model.train(was_training)
+    return model
 
 
 def seed_everything(seed: int) -> None:
@@ -153,19 +202,25 @@ def predict(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, runt
     norm = normalizer.to(runtime.device)
     logits_parts, feat_parts = [], []
     pin = runtime.device.type == "cuda" and images.device.type == "cpu"
+    pad_last = is_compiled(model) and not features  # keep one batch shape: no recompilation for the last batch
     try:
         for sl in index_batches(len(images), batch_size):
             batch = images[sl]
+            n = len(batch)
+            if pad_last and n < batch_size and len(images) > batch_size:
+                batch = torch.cat([batch, batch.new_zeros((batch_size - n, *batch.shape[1:]))])
             if pin:
                 batch = batch.pin_memory()
             x = norm(batch.to(runtime.device, non_blocking=True), runtime.memory_format)
             with runtime.autocast():
                 if features:
                     logits, feats = model.forward_with_features(x)
-                    feat_parts.append(feats.float().cpu())
+                    feat_parts.append(feats[:n].float().to("cpu", non_blocking=True))
                 else:
                     logits = model(x)
-            logits_parts.append(logits.float().cpu())
+            logits_parts.append(logits[:n].float().to("cpu", non_blocking=True))
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize(runtime.device)
     finally:
         model.train(was_training)
     num_classes = model.fc.out_features

@@ -15,7 +15,7 @@ from energy_cli import resume
 from energy_cli.commands import display_path
 from energy_cli.data.batches import Normalizer
 from energy_cli.engine import (LoopState, NonFiniteLoss, Runtime, TrainSpec, fit, make_optimizer, make_scheduler,
-                               rng_state, set_rng_state, steps_per_epoch)
+                               prepare_model, rng_state, set_rng_state, steps_per_epoch)
 from energy_cli.errors import Interrupted, UserError
 from energy_cli.models import Classifier, build_model
 from energy_cli.results import write_train_log
@@ -100,7 +100,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], cfg: DictConfig, path: Path, run
     except (RuntimeError, TypeError, AttributeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{path} does not fit backbone {ckpt['backbone'].get('name')}: {first}") from None
-    return model.to(runtime.device, memory_format=runtime.memory_format)
+    shape = (ckpt["in_channels"], ckpt["image_size"], ckpt["image_size"])
+    return prepare_model(model, runtime, shape)
 
 
 def task_overrides() -> list[str]:
