@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (digits + china patches), about a minute on 2 CPU cores:
-# pretrain -> evaluate the pretrained model -> energy fine-tune -> evaluate the fine-tuned model,
-# then compare the two. Everything lands in outputs/demo/<date>_<time>/.
+# pretrain -> evaluate the pretrained model -> energy fine-tune -> evaluate the fine-tuned model (with pictures),
+# then compare the two with `energy-ood report`. Everything lands in outputs/demo/<date>_<time>/.
 set -euo pipefail
 demo="outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)"
 if [ -e "$demo" ]; then demo="${demo}_$$"; fi
@@ -9,5 +9,7 @@ echo "== energy-ood demo -> $demo"
 energy-ood train    progress=false "hydra.run.dir=$demo/train"
 energy-ood eval     progress=false "ckpt=$demo/train/checkpoint.pt" "hydra.run.dir=$demo/eval_pretrained"
 energy-ood finetune progress=false "ckpt=$demo/train/checkpoint.pt" "hydra.run.dir=$demo/finetune"
-energy-ood eval     progress=false "ckpt=$demo/finetune/checkpoint.pt" "hydra.run.dir=$demo/eval_finetuned"
-python "$(dirname "$0")/demo_summary.py" "$demo/eval_pretrained/results.csv" "$demo/eval_finetuned/results.csv"
+energy-ood eval     progress=false "ckpt=$demo/finetune/checkpoint.pt" plots=true "hydra.run.dir=$demo/eval_finetuned"
+echo
+echo "== pretrained (stage pretrain) vs energy fine-tuned (stage energy)"
+energy-ood report "$demo" "hydra.run.dir=$demo/report"

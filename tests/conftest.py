@@ -79,3 +79,22 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def header(path: Path) -> list[str]:
     with open(path) as f:
         return f.readline().strip().split(",")
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory) -> Path:
+    """A checkpoint.pt of a 2-epoch pretraining run on digits (made once per session). Tests that write next
+    to a checkpoint (thresholds.json) copy it into their own folder first: see `own_checkpoint`."""
+    from energy_cli.cli import main
+
+    root = tmp_path_factory.mktemp("pretrained")
+    main(["train", "epochs=2", f"hydra.run.dir={root / 'train'}", *FAST])
+    return root / "train" / "checkpoint.pt"
+
+
+def own_checkpoint(source: Path, folder: Path) -> Path:
+    """A private copy of a checkpoint in `folder` (created)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(source, folder / "checkpoint.pt"))

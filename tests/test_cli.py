@@ -159,7 +159,7 @@ def test_user_errors_are_one_line(cli, args, message):
 def test_help_lists_the_commands(cli):
     result = cli("--help")
     assert result.code == 0
-    for command in ("train", "finetune", "eval"):
+    for command in ("train", "finetune", "eval", "report", "score"):
         assert f"  {command} " in result.out
 
 

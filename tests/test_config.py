@@ -70,3 +70,25 @@ def test_validation_names_the_key(compose, command, override, message):
         validate(compose(command, [override]))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_report_and_score_compose(compose):
+    report = compose("report")
+    assert (report.command, list(report.paths), report.plots) == ("report", [], True)
+    validate(report)
+    score = compose("score")
+    assert (score.command, list(score.paths), score.ckpt, score.threshold) == ("score", [], None, None)
+    assert score.dataset.name == "digits"
+    validate(score)
+    assert compose("eval").plots is False
+
+
+@pytest.mark.parametrize("command,override,message", [
+    ("eval", "plots=yes", "plots=yes must be true or false"),
+    ("report", "plots=1", "plots=1 must be true or false"),
+    ("score", "threshold=high", "threshold='high' must be a number"),
+])
+def test_validation_of_the_new_keys(compose, command, override, message):
+    with pytest.raises(UserError) as info:
+        validate(compose(command, [override]))
+    assert message in str(info.value)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from energy_cli.metrics import (aupr_in, aupr_out, auroc, detection_metrics, draw_indices, fpr_at_tpr,
-                                metrics_over_draws)
+from energy_cli.metrics import (acceptance_rate, aupr_in, aupr_out, auroc, detection_metrics, draw_indices, fpr_at_tpr,
+                                metrics_over_draws, roc_points, threshold_at_tpr)
 
 
 def reference_fpr95(id_scores, ood_scores, level=0.95):
@@ -127,3 +127,45 @@ def test_metrics_over_draws_equals_metrics_on_subsets():
         direct = detection_metrics(id_s, ood_s[idx])
         for name, value in direct.items():
             assert out[name][i] == pytest.approx(value)
+
+
+def test_threshold_at_tpr_hand_case():
+    # 20 ID scores 1..20: recall 19/20 = 0.95 at the threshold 2 (accept score >= 2).
+    assert threshold_at_tpr(np.arange(1, 21, dtype=float)) == (2.0, 0.95)
+    # ties: four scores of 1 and one of 2 -> recalls 0.2 (threshold 2) and 1.0 (threshold 1)
+    assert threshold_at_tpr([1.0, 1.0, 1.0, 1.0, 2.0]) == (1.0, 1.0)
+    # 10 scores 0..9: recall 0.9 (threshold 1) is nearer 0.95 than 1.0 in floating point, as in fpr_at_tpr
+    assert threshold_at_tpr(np.arange(10, dtype=float)) == (1.0, 0.9)
+    # a level met exactly between two recalls takes the lower threshold: 4 scores, recalls .25 .5 .75 1
+    assert threshold_at_tpr([4.0, 3.0, 2.0, 1.0], tpr_level=0.625) == (2.0, 0.75)
+    with pytest.raises(ValueError):
+        threshold_at_tpr([])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_threshold_agrees_with_the_fpr95_rule(seed):
+    """The stored threshold has the ID recall of the FPR95 operating point; FPR95 is the OOD fraction above
+    the next lower ID score, and the acceptance rate at the threshold is the OOD fraction >= it."""
+    rng = np.random.default_rng(seed)
+    id_s = np.round(rng.normal(1.0, 1.0, 300), 1)
+    ood_s = np.round(rng.normal(0.0, 1.0, 200), 1)
+    t, recall = threshold_at_tpr(id_s)
+    assert recall == pytest.approx(np.mean(id_s >= t)) and t in id_s
+    lower = id_s[id_s < t]
+    fpr95 = fpr_at_tpr(id_s, ood_s)
+    expected = np.mean(ood_s > lower.max()) if lower.size else np.mean(ood_s >= t)
+    assert fpr95 == pytest.approx(expected)
+    assert acceptance_rate(ood_s, t) == pytest.approx(np.mean(ood_s >= t)) and acceptance_rate(ood_s, t) <= fpr95
+    # with no OOD score between the threshold and the next lower ID score, the two coincide
+    gap = (ood_s > (lower.max() if lower.size else -np.inf)) & (ood_s < t)
+    assert acceptance_rate(ood_s[~gap], t) == pytest.approx(fpr_at_tpr(id_s, ood_s[~gap]))
+    # the recall of the chosen ROC point equals the threshold's recall
+    fpr, tpr, thr = roc_curve(np.r_[np.ones(id_s.size), np.zeros(ood_s.size)], np.r_[id_s, ood_s],
+                              drop_intermediate=False)
+    assert recall in set(tpr[np.isclose(fpr, fpr95)])
+
+
+def test_roc_points_end_at_the_corners():
+    fpr, tpr = roc_points([3.0, 2.0, 1.0], [0.0, 2.5])
+    assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)

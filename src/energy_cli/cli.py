@@ -2,12 +2,14 @@
 
 `energy-ood <command> [OVERRIDES...]` runs the Hydra application whose primary config is
 `conf/<command>.yaml`; every Hydra flag (`-m`, `--cfg job`, `--help`, `hydra.run.dir=...`) keeps working.
-This module only rewrites a few shorthands (`--ood a,b`) and turns user errors into one-line messages.
+This module only rewrites a few shorthands (`--ood a,b`; the positional paths of `report` and `score` into
+a quoted `paths=[...]` list) and turns user errors into one-line messages.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,8 +21,13 @@ PROG = "energy-ood"
 COMMANDS: dict[str, str] = {
     "train": "pretrain a classifier with cross-entropy",
     "finetune": "fine-tune it: loss=energy (CE + lambda * energy hinge loss, default) or loss=oe",
-    "eval": "OOD detection: scores -> FPR95 / AUROC / AUPR -> results.csv",
+    "eval": "OOD detection: scores -> FPR95 / AUROC / AUPR -> results.csv, thresholds.json",
+    "report": "gather results.csv files (runs, sweeps) into report.csv / report.md",
+    "score": "score image files or folders with a trained model -> scores.csv",
 }
+
+# Commands that take positional paths (`energy-ood report PATH...`), and the list key they become.
+POSITIONAL: dict[str, str] = {"report": "paths", "score": "paths"}
 
 USAGE = f"""usage: {PROG} <command> [OVERRIDES...]
        {PROG} <command> -m KEY=a,b ...      (a Hydra multirun sweep)
@@ -33,6 +40,8 @@ examples:
   {PROG} finetune m_in=-23 m_out=-5
   {PROG} eval --ood gaussian,uniform score=all
   {PROG} finetune -m m_out=-3,-5
+  {PROG} report multirun/eval/<date>_<time>
+  {PROG} score my_images/ threshold=7.5
 
 Every run prints the folder it writes to (outputs/<command>/<date>_<time>/ by default).
 Configuration keys: {PROG} <command> --cfg job    Documentation: README.md"""
@@ -68,6 +77,54 @@ def expand_shorthands(args: Sequence[str]) -> list[str]:
         else:
             out.append(arg)
         i += 1
+    return out
+
+
+# Hydra flags followed by a value, so that the value is not taken for a path.
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
+_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def hydra_quote(text: str) -> str:
+    """`text` as a single-quoted value of Hydra's override grammar that reads back unchanged: any characters
+    (spaces, = , : [ ] quotes, backslashes) survive, and `${` is escaped so OmegaConf does not interpolate."""
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)         # OmegaConf: \${ is literal
+    text = re.sub(r"(\\*)('|\Z)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)  # Hydra
+    return f"'{text}'"
+
+
+def collect_paths(command: str, args: Sequence[str]) -> list[str]:
+    """For commands with positional paths: the arguments that name files or folders become one list
+    override, `paths=['a','b']` (quoted, so any file name works). An argument is a path when it exists
+    on disk, or when it has no `=`; everything after `--` is a path."""
+    key = POSITIONAL.get(command)
+    if key is None:
+        return list(args)
+    out, paths = [], []
+    i, only_paths = 0, False
+    while i < len(args):
+        arg = args[i]
+        if only_paths:
+            paths.append(arg)
+        elif arg == "--":
+            only_paths = True
+        elif arg.startswith("-"):
+            out.append(arg)
+            takes_value = arg in _FLAGS_WITH_VALUE or (arg in ("--info", "-i") and i + 1 < len(args)
+                                                       and args[i + 1] in _INFO_TOPICS)
+            if takes_value and i + 1 < len(args):
+                out.append(args[i + 1])
+                i += 1
+        elif os.path.lexists(arg) or ("=" not in arg and not re.fullmatch(r"~[\w.]+", arg)):
+            paths.append(arg)
+        else:
+            out.append(arg)
+        i += 1
+    if paths:
+        if any(a.lstrip("+").startswith(f"{key}=") for a in out):
+            raise UserError(f"give the paths either as arguments or as {key}=[...], not both")
+        out.append(f"{key}=[" + ",".join(hydra_quote(p) for p in paths) + "]")
     return out
 
 
@@ -173,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if command not in COMMANDS:
             raise UserError(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)} ({PROG} --help)")
-        overrides = expand_shorthands(rest)
+        overrides = collect_paths(command, expand_shorthands(rest))
     except UserError as exc:
         fail(str(exc))
     from energy_cli import resume

@@ -51,6 +51,21 @@ def _choice(cfg: DictConfig, key: str, allowed: list[str]) -> None:
         raise UserError(f"{key}={value} is not known; choose one of: {', '.join(allowed)}")
 
 
+def _flag(cfg: DictConfig, key: str) -> None:
+    if not isinstance(OmegaConf.select(cfg, key), bool):
+        raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be true or false")
+
+
+def margin_value(cfg: DictConfig, key: str) -> float | None:
+    """m_in / m_out: a number, or None for `auto` (measured from the starting model by finetune)."""
+    if str(OmegaConf.select(cfg, key)) == "auto":
+        return None
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise UserError(f"{key}={value!r} must be a number or auto")
+    return float(value)
+
+
 def as_list(value: Any) -> list[str]:
     """A list-valued key given as a list, or as one comma-separated string."""
     if value is None:
@@ -66,6 +81,9 @@ def validate(cfg: DictConfig) -> None:
     from energy_cli.models import BACKBONES
 
     command = cfg.command
+    if command == "report":
+        _flag(cfg, "plots")
+        return
     _integer(cfg, "seed", 0)
     _choice(cfg, "dataset.name", sorted(ID_DATASETS))
     _choice(cfg, "backbone.name", list(BACKBONES))
@@ -101,8 +119,8 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg, "loss.name", ["energy", "oe"])
         _non_negative(cfg, "loss.weight")
         if cfg.loss.name == "energy":
-            m_in, m_out = _number(cfg, "m_in"), _number(cfg, "m_out")
-            if not m_in < m_out:
+            m_in, m_out = margin_value(cfg, "m_in"), margin_value(cfg, "m_out")
+            if m_in is not None and m_out is not None and not m_in < m_out:
                 raise UserError(f"m_in={m_in:g} must be below m_out={m_out:g} (ID energies are pushed below m_in, "
                                 "outlier energies above m_out)")
     if command == "eval":
@@ -116,3 +134,6 @@ def validate(cfg: DictConfig) -> None:
         _integer(cfg, "num_to_avg", 1)
         if str(cfg.ood_samples) != "all":
             _integer(cfg, "ood_samples", 1)
+        _flag(cfg, "plots")
+    if command == "score" and cfg.threshold is not None:
+        _number(cfg, "threshold")

@@ -35,6 +35,43 @@ def fpr_at_tpr(id_scores, ood_scores, tpr_level: float = 0.95) -> float:
     return float(fpr[np.argmin(np.abs(tpr - tpr_level))])
 
 
+def threshold_at_tpr(id_scores, tpr_level: float = 0.95) -> tuple[float, float]:
+    """The deployable threshold at `tpr_level` ID recall, from ID scores alone: x is accepted as ID when
+    score(x) >= threshold. Returns (threshold, the ID recall it gives on `id_scores`).
+
+    Candidates are the distinct ID scores u_1 > u_2 > ...; u_j gives ID recall r_j = #{s_id >= u_j} / n.
+    The threshold is the u_j whose r_j is closest to `tpr_level`, on equal distance the lower u_j (the higher
+    recall). This is the ID recall of the operating point `fpr_at_tpr` picks (for tpr_level >= 0.5). That
+    point is the lowest ROC threshold with this recall, so `fpr_at_tpr` reports the fraction of OOD scores
+    above the next lower ID score u_{j+1} (or >= u_j when u_j is the lowest ID score); at u_j the OOD
+    acceptance rate is the fraction of OOD scores >= u_j: at most the reported FPR95, and equal unless OOD
+    scores fall in (u_{j+1}, u_j).
+    """
+    scores = np.sort(np.asarray(id_scores, dtype=np.float64).ravel())
+    if scores.size == 0:
+        raise ValueError("a threshold needs at least one ID score")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or infinity")
+    values = np.unique(scores)[::-1]                                    # u_1 > u_2 > ...
+    recall = (scores.size - np.searchsorted(scores, values, side="left")) / scores.size
+    distance = np.abs(recall - tpr_level)
+    j = len(values) - 1 - int(np.argmin(distance[::-1]))               # the last (lowest) of the nearest
+    return float(values[j]), float(recall[j])
+
+
+def acceptance_rate(scores, threshold: float) -> float:
+    """Fraction of `scores` accepted as ID at `threshold` (score >= threshold)."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    return float(np.mean(scores >= threshold)) if scores.size else float("nan")
+
+
+def roc_points(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve (FPR, TPR), ID positive, as scikit-learn's roc_curve draws it (for plots)."""
+    labels, scores = _labelled(id_scores, ood_scores)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return fpr, tpr
+
+
 def auroc(id_scores, ood_scores) -> float:
     """Area under the ROC curve, ID positive (ties count half): P(s_id > s_ood) + P(s_id = s_ood) / 2."""
     labels, scores = _labelled(id_scores, ood_scores)

@@ -10,6 +10,8 @@ COMMAND_MODULES = {
     "train": "energy_cli.commands.train",
     "finetune": "energy_cli.commands.finetune",
     "eval": "energy_cli.commands.evaluate",
+    "report": "energy_cli.commands.report",
+    "score": "energy_cli.commands.score",
 }
 
 

@@ -1,5 +1,7 @@
 """energy-ood eval: score the ID test set and each OOD set once, compute the metrics over `num_to_avg`
-draws of `ood_samples` OOD scores per set, write results.csv (and scores.npz), print the table.
+draws of `ood_samples` OOD scores per set, write results.csv (and scores.npz), print the table; store the
+deployment thresholds (thresholds.json, here and next to the checkpoint) and, with plots=true, draw the
+score histograms and ROC curves.
 
 Every score is a detector (detectors.py); detectors with a fit (mahalanobis) are fitted on the ID training
 set once per checkpoint, the fit cached in `mahalanobis.pt` next to the checkpoint."""
@@ -7,6 +9,7 @@ set once per checkpoint, the fit cached in `mahalanobis.pt` next to the checkpoi
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,11 @@ from energy_cli.data.images import ImageSet
 from energy_cli.detectors import DETECTOR_NAMES, Detector, build_detectors, score_images
 from energy_cli.engine import Runtime, accuracy, mix_seed, runtime_from_config, seed_everything
 from energy_cli.errors import UserError
-from energy_cli.metrics import METRIC_NAMES, draw_indices, metrics_over_draws
+from energy_cli.metrics import (METRIC_NAMES, acceptance_rate, auroc, draw_indices, fpr_at_tpr, metrics_over_draws,
+                                roc_points, threshold_at_tpr)
 from energy_cli.results import format_table, write_results, write_scores
+from energy_cli.thresholds import FILENAME as THRESHOLDS_FILE
+from energy_cli.thresholds import TPR, thresholds_document, write_thresholds
 
 SCORE_NAMES = list(DETECTOR_NAMES)   # msp, maxlogit, energy, odin, mahalanobis: the order of `score=all`
 
@@ -109,6 +115,53 @@ def metric_rows(scores: dict[str, dict[str, np.ndarray]], score_names: list[str]
     return rows
 
 
+def store_thresholds(id_scores: dict[str, np.ndarray], temperatures: dict[str, float | None], header: dict[str, Any],
+                     run_dir: Path, ckpt_path: Path) -> dict[str, tuple[float, float]]:
+    """Per score, the threshold at 95% ID TPR on the ID test scores -> thresholds.json in the run folder and
+    (merged with earlier entries) next to the checkpoint; each entry records the temperature its score used
+    (None for scores without one). Returns {score: (threshold, ID recall)}."""
+    found = {name: threshold_at_tpr(values, TPR) for name, values in id_scores.items()}
+    entries = {name: {"threshold": t, "id_tpr": r, "n_id": int(len(id_scores[name])),
+                      "temperature": temperatures.get(name),
+                      "eval_run": str(run_dir.resolve())} for name, (t, r) in found.items()}
+    document = thresholds_document(entries, header)
+    write_thresholds(run_dir / THRESHOLDS_FILE, document)
+    where = display_path(run_dir / THRESHOLDS_FILE)
+    try:
+        write_thresholds(ckpt_path.parent / THRESHOLDS_FILE, document, merge=True)
+        where += f" and {display_path(ckpt_path.parent / THRESHOLDS_FILE)}"
+    except OSError as exc:
+        where += f" (not next to the checkpoint: {exc.strerror or exc})"
+    cells = ", ".join(f"{name} {t:.6g}" for name, (t, _) in found.items())
+    print(f"thresholds at {TPR:.0%} ID TPR (in-distribution when score >= threshold): {cells}; wrote {where}")
+    return found
+
+
+def _file_part(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+def draw_plots(run_dir: Path, scores: dict[str, dict[str, np.ndarray]], score_names: list[str],
+               ood_names: list[str], thresholds: dict[str, tuple[float, float]], title: str) -> list[Path]:
+    """hist_<set>.png (ID vs the set, one panel per score, energy first as in the paper's Figure 1) and
+    roc_<set>.png (one curve per score, the 95% ID TPR threshold marked), computed from every scored image."""
+    from energy_cli import plots
+
+    order = sorted(score_names, key=lambda s: (s != "energy", s != "msp"))
+    written = []
+    for name in ood_names:
+        hist, roc = run_dir / f"hist_{_file_part(name)}.png", run_dir / f"roc_{_file_part(name)}.png"
+        plots.score_histograms(hist, {s: scores["id"][s] for s in order}, {s: scores[name][s] for s in order}, name,
+                               {s: thresholds[s][0] for s in order}, f"{title}: ID vs {name}")
+        curves = {s: roc_points(scores["id"][s], scores[name][s]) for s in order}
+        labels = {s: f"{s}: AUROC {100 * auroc(scores['id'][s], scores[name][s]):.1f}, "
+                     f"FPR95 {100 * fpr_at_tpr(scores['id'][s], scores[name][s]):.1f}" for s in order}
+        points = {s: (acceptance_rate(scores[name][s], thresholds[s][0]), thresholds[s][1]) for s in order}
+        plots.roc_curves(roc, curves, name, labels, points, f"{title}: ID vs {name}")
+        written += [hist, roc]
+    return written
+
+
 def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     runtime = runtime_from_config(cfg)
     seed_everything(int(cfg.seed))
@@ -150,6 +203,13 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
         arrays.update({f"{name}/logits": values.numpy() for name, values in logits.items()})
         write_scores(run_dir / "scores.npz", arrays)
     print(format_table(rows))
+    header = {"checkpoint": str(path.resolve()), "dataset": cfg.dataset.name, "backbone": ckpt["backbone"]["name"],
+              "stage": ckpt["stage"]}
+    thresholds = store_thresholds(scores["id"], temperatures, header, run_dir, path)
+    if cfg.plots:
+        title = f"{cfg.dataset.name} / {ckpt['backbone']['name']} / stage {ckpt['stage']}"
+        pictures = draw_plots(run_dir, scores, score_names, ood_names, thresholds, title)
+        print(f"drew {len(pictures)} pictures: {display_path(run_dir)}/hist_<set>.png and roc_<set>.png")
     print(f"wrote {display_path(run_dir / 'results.csv')}"
           + (f" and {display_path(run_dir / 'scores.npz')}" if cfg.save_scores else ""))
     return rows

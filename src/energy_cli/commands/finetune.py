@@ -1,20 +1,83 @@
 """energy-ood finetune: fine-tune a pretrained classifier with the energy-bounded loss (loss=energy) or
 outlier exposure (loss=oe). Each step forwards the ID batch and the outlier batch together, so
-BatchNorm sees both; writes checkpoint.pt (stage energy / oe) and train_log.csv."""
+BatchNorm sees both; writes checkpoint.pt (stage energy / oe) and train_log.csv. With m_in=auto and/or
+m_out=auto the margins are measured from the starting model first (margins.json)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
+from energy_cli.checkpoint import atomic_write_bytes
 from energy_cli.commands import display_path
 from energy_cli import resume
 from energy_cli.commands.common import (checkpoint_normalizer, find_checkpoint, load_model, model_from_checkpoint,
                                        train_and_save)
+from energy_cli.config import margin_value
 from energy_cli.data import id_shape, load_id, load_outliers
-from energy_cli.engine import TrainSpec, runtime_from_config, seed_everything
-from energy_cli.losses import cross_entropy, finetune_regulariser
+from energy_cli.data.batches import Normalizer
+from energy_cli.data.images import ImageSet
+from energy_cli.engine import Runtime, TrainSpec, mix_seed, predict, runtime_from_config, seed_everything
+from energy_cli.errors import UserError
+from energy_cli.losses import AUTO_OUT_PERCENTILE, auto_margins, cross_entropy, finetune_regulariser
+from energy_cli.scores import free_energy
+
+AUTO_SAMPLES = 10_000   # images of each kind the auto margins are measured on (a seeded subset when more)
+
+
+def measure_energies(model, images: ImageSet, normalizer: Normalizer, runtime: Runtime, temperature: float,
+                     batch_size: int, seed: int) -> torch.Tensor:
+    """Free energies E(x) of (a seeded subset of at most AUTO_SAMPLES of) `images`, model in eval mode."""
+    data = images.images
+    if len(data) > AUTO_SAMPLES:
+        data = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:AUTO_SAMPLES]]
+    logits, _ = predict(model, data, normalizer, runtime, batch_size)
+    return free_energy(logits, temperature)
+
+
+def _summary(e: torch.Tensor) -> dict[str, float]:
+    e = e.double()
+    q = torch.quantile(e, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)).tolist()
+    return {"n": int(e.numel()), "mean": float(e.mean()), "p5": q[0], "median": q[1], "p95": q[2],
+            "min": float(e.min()), "max": float(e.max())}
+
+
+def resolve_auto_margins(cfg: DictConfig, run_dir: Path, model, train: ImageSet, outliers: ImageSet,
+                         normalizer: Normalizer, runtime: Runtime, start: Path) -> tuple[float, float, dict[str, Any]]:
+    """m_in / m_out as configured, `auto` ones measured from the starting model (losses.auto_margins);
+    prints the measurement and writes margins.json into the run folder."""
+    given_in, given_out = margin_value(cfg, "m_in"), margin_value(cfg, "m_out")
+    temperature, batch = float(cfg.temperature), int(cfg.eval_batch_size)
+    e_in = measure_energies(model, train, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 11))
+    e_out = measure_energies(model, outliers, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 12))
+    auto_in, auto_out = auto_margins(e_in, e_out)
+    m_in = auto_in if given_in is None else given_in
+    m_out = auto_out if given_out is None else given_out
+    stats_in, stats_out = _summary(e_in), _summary(e_out)
+    print(f"auto margins from {display_path(start)} at T={temperature:g}: ID train energies mean "
+          f"{stats_in['mean']:.2f} (5%..95% {stats_in['p5']:.2f}..{stats_in['p95']:.2f}, n={stats_in['n']}); "
+          f"{outliers.name} energies mean {stats_out['mean']:.2f} (5%..95% {stats_out['p5']:.2f}.."
+          f"{stats_out['p95']:.2f}, n={stats_out['n']})")
+    print(f"  -> m_in = {m_in:g} ({'auto: mean ID energy' if given_in is None else 'given'}), "
+          f"m_out = {m_out:g} ({f'auto: {AUTO_OUT_PERCENTILE:g}th percentile of the outlier energies' if given_out is None else 'given'})")
+    record = {
+        "m_in": m_in, "m_out": m_out, "m_in_auto": given_in is None, "m_out_auto": given_out is None,
+        "rule": f"m_in = mean ID training energy, m_out = {AUTO_OUT_PERCENTILE:g}th percentile of the outlier "
+                "energies, of the starting model in eval mode, rounded to 0.01",
+        "temperature": temperature, "start_checkpoint": str(start.resolve()), "outliers": outliers.name,
+        "id_energy": stats_in, "outlier_energy": stats_out,
+    }
+    atomic_write_bytes(run_dir / "margins.json", (json.dumps(record, indent=2) + "\n").encode())
+    if not m_in < m_out:
+        how = {True: "auto", False: "given"}
+        raise UserError(f"m_in={m_in:g} ({how[given_in is None]}) is not below m_out={m_out:g} "
+                        f"({how[given_out is None]}); the measured energies are in {display_path(run_dir / 'margins.json')}: "
+                        "choose margins with m_in < m_out by hand")
+    return m_in, m_out, record
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
@@ -27,17 +90,32 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     else:   # the weights come from the interrupted run; it records where it started from
         start = Path(resumed["extra"]["init_checkpoint"])
         model, ckpt = model_from_checkpoint(resumed, cfg, Path(str(cfg.resume)), runtime), resumed
+    normalizer = checkpoint_normalizer(ckpt)
     train, test = load_id(cfg)
     outliers = load_outliers(cfg, id_shape(cfg))
     name, weight, temperature = str(cfg.loss.name), float(cfg.loss.weight), float(cfg.temperature)
-    m_in, m_out = float(cfg.m_in), float(cfg.m_out)
+    extra: dict[str, Any] = {"init_checkpoint": str(start.resolve()), "loss": name, "loss_weight": weight,
+                             "temperature": temperature, "outliers": outliers.name}
+    m_in = m_out = 0.0
+    if name == "energy":
+        m_in, m_out = margin_value(cfg, "m_in"), margin_value(cfg, "m_out")
+        if resumed is not None and (m_in is None or m_out is None):
+            # auto margins were measured on the starting model when the run began; keep them
+            m_in, m_out = float(resumed["extra"]["m_in"]), float(resumed["extra"]["m_out"])
+            extra["auto_margins"] = resumed["extra"].get("auto_margins")
+        elif m_in is None or m_out is None:
+            m_in, m_out, record = resolve_auto_margins(cfg, run_dir, model, train, outliers, normalizer, runtime, start)
+            extra["auto_margins"] = record
+        extra.update(m_in=m_in, m_out=m_out)
+    else:
+        extra.update(m_in=cfg.m_in, m_out=cfg.m_out)
 
     def objective(logits, labels, n_in):
         reg = finetune_regulariser(name, logits[:n_in], logits[n_in:], m_in=m_in, m_out=m_out, temperature=temperature)
         return cross_entropy(logits[:n_in], labels) + weight * reg
 
     spec = TrainSpec(
-        train=train, test=test, normalizer=checkpoint_normalizer(ckpt), objective=objective,
+        train=train, test=test, normalizer=normalizer, objective=objective,
         epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
         crop_pad=int(cfg.dataset.augment.crop_pad), flip=bool(cfg.dataset.augment.flip),
         outliers=outliers, outlier_batch_size=int(cfg.outlier_batch_size),
@@ -48,7 +126,5 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     print(f"fine-tuning {display_path(start)} with loss={name} (weight {weight:g}{margins}): {len(train)} ID + "
           f"{len(outliers)} {outliers.name} outliers, {cfg.epochs} epochs, lr {cfg.lr}, "
           f"batch {cfg.batch_size}+{cfg.outlier_batch_size}")
-    extra = {"init_checkpoint": str(start.resolve()), "loss": name, "loss_weight": weight,
-             "m_in": m_in, "m_out": m_out, "temperature": temperature, "outliers": outliers.name}
     return train_and_save(cfg, run_dir, model, spec, runtime, stage=name, extra=extra, resume_from=resumed,
                           backbone=ckpt["backbone"])
