@@ -79,13 +79,13 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     temperature = float(cfg.temperature)
     shape = id_shape(cfg)
     _, test = load_id(cfg)
+    oods = [load_ood(name, cfg, shape) for name in ood_names]   # every set first: a missing one fails fast
     print(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
           f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
 
     logits = {"id": predict(model, test.images, normalizer, runtime, int(cfg.eval_batch_size))[0]}
-    for name in ood_names:
-        ood = load_ood(name, cfg, shape)
-        logits[name] = predict(model, ood.images, normalizer, runtime, int(cfg.eval_batch_size))[0]
+    for ood in oods:
+        logits[ood.name] = predict(model, ood.images, normalizer, runtime, int(cfg.eval_batch_size))[0]
     scores = {name: compute_scores(values, score_names, temperature) for name, values in logits.items()}
 
     ood_samples = None if str(cfg.ood_samples) == "all" else int(cfg.ood_samples)
