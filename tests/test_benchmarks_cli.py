@@ -146,6 +146,20 @@ def test_hydra_list_spelling_of_a_folder_set(bench, capsys):
     assert int(rows[0]["n_ood"]) == N_OOD
 
 
+def test_ood_shorthand_quotes_paths_hydra_would_reject(bench, monkeypatch, capsys, tmp_path):
+    from energy_cli.cli import expand_shorthands
+
+    assert expand_shorthands(["--ood", "folder:/a/b,svhn"]) == ["ood=[folder:/a/b,svhn]"]
+    assert expand_shorthands(["--ood", "folder:~/my imgs"]) == ['ood=["folder:~/my imgs"]']
+    minidata.write_images(tmp_path / "home" / "my imgs", 5, (32, 32), seed=11)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run(bench, "eval", "dataset=cifar10", "ckpt=runs/train/checkpoint.pt", "--ood", "folder:~/my imgs",
+        "hydra.run.dir=runs/home_eval", *FAST)
+    capsys.readouterr()
+    rows = read_csv(bench / "runs/home_eval/results.csv")
+    assert [(r["ood"], r["n_ood"]) for r in rows[:2]] == [("folder:~/my imgs", "5"), ("average", "5")]
+
+
 def test_download_true_through_the_cli(bench, monkeypatch, capsys):
     import torchvision.datasets as tvd
 
