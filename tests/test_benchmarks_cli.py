@@ -62,13 +62,13 @@ def test_eval_all_six_sets_with_repeated_draws(bench, monkeypatch, capsys):
     import energy_cli.commands.evaluate as evaluate
 
     scored = []
-    real_predict = evaluate.predict
+    real_score_images = evaluate.score_images
 
-    def counting_predict(model, images, *args, **kwargs):
+    def counting_score_images(model, images, *args, **kwargs):
         scored.append(len(images))
-        return real_predict(model, images, *args, **kwargs)
+        return real_score_images(model, images, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "predict", counting_predict)
+    monkeypatch.setattr(evaluate, "score_images", counting_score_images)
     run(bench, "eval", "dataset=cifar10", "--ood", "all", "num_to_avg=3", "ood_samples=20", "save_scores=true",
         "ckpt=runs/finetune/checkpoint.pt", "hydra.run.dir=runs/eval_all", *FAST)
     out = capsys.readouterr().out

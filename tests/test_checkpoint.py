@@ -28,6 +28,20 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["results.csv"]
 
 
+def test_atomic_write_gives_the_usual_file_mode_and_leaves_no_temporary(tmp_path):
+    from energy_cli.checkpoint import remove_stale_temporaries
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "results.csv", b"x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o644    # not mkstemp's 0600
+    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"half")        # left by a killed writer
+    assert remove_stale_temporaries(tmp_path) == [tmp_path / ".checkpoint.pt.abc123.tmp"]
+    assert sorted(os.listdir(tmp_path)) == ["results.csv"]
+
+
 def test_missing_truncated_and_foreign_files(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")

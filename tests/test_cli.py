@@ -102,7 +102,7 @@ def test_eval_ood_shorthand_and_repeated_draws(workspace, monkeypatch, capsys):
     rows = read_csv(workspace / "outputs/eval/draws/results.csv")
     assert header(workspace / "outputs/eval/draws/results.csv") == RESULT_COLUMNS + STD_COLUMNS
     assert [(r["score"], r["ood"]) for r in rows] == [
-        (s, o) for s in ("msp", "maxlogit", "energy") for o in ("gaussian", "uniform", "average")]
+        (s, o) for s in ("msp", "maxlogit", "energy", "odin", "mahalanobis") for o in ("gaussian", "uniform", "average")]
     assert {int(r["n_ood"]) for r in rows if r["ood"] != "average"} == {100}
     assert any(float(r["fpr95_std"]) > 0 for r in rows)   # different draws differ
     capsys.readouterr()
@@ -140,7 +140,7 @@ def test_two_runs_in_the_same_second_get_their_own_folders(workspace, monkeypatc
 @pytest.mark.parametrize("args,message", [
     (["frobnicate"], "unknown command 'frobnicate'"),
     (["train", "nosuchkey=1"], "Could not override 'nosuchkey'"),
-    (["train", "dataset=mnist"], "Could not find 'dataset/mnist'"),
+    (["train", "dataset=mnist"], "dataset=mnist is not known; choose one of: cifar10, cifar100, digits"),
     (["train", "temperature=-1"], "temperature=-1 must be > 0"),
     (["eval", "--ood"], "--ood needs a comma-separated list"),
     (["finetune", "ckpt=missing.pt"], "checkpoint not found: missing.pt"),

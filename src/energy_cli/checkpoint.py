@@ -4,12 +4,19 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 `torch.load(weights_only=True)`: nothing in it can run code. Keys:
 
     format, model (state_dict), dataset, backbone (config dict), num_classes, in_channels, image_size,
-    mean, std, stage (pretrain | energy | oe), config (the run's resolved config), epoch, step,
-    finished, optimizer, scheduler, rng, history (the train_log rows so far), extra (stage-specific values)
+    mean, std, stage (pretrain | energy | oe), config (the run's resolved config), overrides (its command-line
+    overrides), epoch, step, finished, optimizer, scheduler, rng (every global RNG state), loop (the position
+    inside the epoch, its running sums and the train_log rows so far), resumes (one entry per resume),
+    extra (stage-specific values)
+
+Every write goes to a temporary file in the same folder, is fsynced and renamed over the target, so a
+process killed at any moment leaves the previous file or the new one (and at worst a stray temporary,
+which `remove_stale_temporaries` deletes).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -32,6 +39,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -49,6 +57,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files an atomic write leaves behind when its process is killed mid-write
+    (`.<name>.<random>.tmp`); call it only while no other process writes to `folder`."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -101,13 +126,57 @@ def candidate_checkpoints(roots: Iterable[Path]) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def peek(path: Path) -> dict[str, Any] | None:
+    """A checkpoint read lazily (weights_only, memory-mapped) to look at its header; None when it is not a
+    readable energy-ood checkpoint. For searching many runs; never runs code."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a broken file in outputs/ must not hide the good ones
+        return None
+    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else None
+
+
 def find_newest(roots: Iterable[Path], predicate: Callable[[dict[str, Any]], bool]) -> Path | None:
     """The newest checkpoint under `roots` whose header satisfies `predicate`; unreadable files are skipped."""
     for path in candidate_checkpoints(roots):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - a broken file in outputs/ must not hide the good ones
-            continue
-        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and predicate(ckpt):
+        ckpt = peek(path)
+        if ckpt is not None and predicate(ckpt):
             return path
     return None
+
+
+# --------------------------------------------------------------------------- fitted-statistics caches
+
+FIT_FORMAT = "energy-ood-fit/1"
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_fit_cache(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Statistics fitted on a checkpoint (e.g. mahalanobis.pt next to it), written atomically, tagged with `key`."""
+    buffer = io.BytesIO()
+    torch.save({"format": FIT_FORMAT, "key": key, "tensors": dict(tensors)}, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_fit_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of a fit cache written with the same `key`; None when the file is missing, unreadable,
+    foreign or was written for another key (another checkpoint, training set or precision)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged cache is refitted, never trusted
+        return None
+    if not isinstance(cache, dict) or cache.get("format") != FIT_FORMAT or cache.get("key") != key:
+        return None
+    tensors = cache.get("tensors")
+    return tensors if isinstance(tensors, dict) else None

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from energy_cli.errors import UserError
+from energy_cli.errors import Interrupted, UserError
 
 PROG = "energy-ood"
 
@@ -97,6 +97,13 @@ def _is_config_error(exc: BaseException) -> bool:
 
 def _config_error_line(exc: BaseException) -> str:
     """Hydra's multi-line composition messages, folded into one line with a hint."""
+    import re
+
+    missing = re.search(r"Could not find '([\w/]+)/([^'/]+)'\s*Available options in '[\w/]+':\s*((?:\s*\S+\n?)*?)\s*"
+                        r"(?:Config search path|$)", str(exc))
+    if missing:   # an unknown config-group choice, e.g. dataset=mnist
+        group, name, options = missing.group(1), missing.group(2), missing.group(3).split()
+        return f"{group}={name} is not known; choose one of: {', '.join(options)}"
     parts = [line.strip() for line in str(exc).splitlines() if line.strip()]
     cause = exc.__cause__
     if cause is not None:
@@ -131,6 +138,11 @@ def _task(cfg) -> object:
         return run_command(cfg)
     except UserError as exc:
         fail(str(exc))
+    except Interrupted as exc:
+        sys.stdout.flush()
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(exc.status) from None
     except OmegaConfBaseException as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -173,16 +185,51 @@ def main(argv: Sequence[str] | None = None) -> None:
         overrides = expand_shorthands(rest)
     except UserError as exc:
         fail(str(exc))
-    from energy_cli.runs import remove_if_unused, with_run_folder
+    from energy_cli import resume
+    from energy_cli.runs import remove_if_unused, starts_a_job, with_run_folder
 
-    overrides, claimed = with_run_folder(command, overrides)
+    if starts_a_job(overrides):
+        overrides = _report(lambda: resume.plan(command, overrides))  # type: ignore[assignment]
+    try:
+        overrides, claimed = with_run_folder(command, overrides)
+    except UserError as exc:
+        fail(str(exc))
     ok = False
+    previous = _stop_on_sigterm()
     try:
         run_hydra(command, overrides)
         ok = True
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", 2)
+        fail(f"stopped by {'SIGTERM' if signum == 15 else 'SIGINT'} before training started; nothing was saved",
+             status=128 + signum)
     finally:
+        _restore_sigterm(previous)
         if not ok:
             remove_if_unused(claimed)
+
+
+def _stop_on_sigterm() -> object:
+    """Until training installs its own handler (which saves first), SIGTERM ends the program like Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        stop = KeyboardInterrupt()
+        stop.signum = signum  # type: ignore[attr-defined]
+        raise stop
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous: object) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

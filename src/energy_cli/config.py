@@ -39,6 +39,12 @@ def _non_negative(cfg: DictConfig, key: str) -> None:
         raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")
 
 
+def _boolean(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and not isinstance(value, bool):
+        raise UserError(f"{key}={value!r} must be true or false")
+
+
 def _choice(cfg: DictConfig, key: str, allowed: list[str]) -> None:
     value = str(OmegaConf.select(cfg, key))
     if value not in allowed:
@@ -69,6 +75,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"device={device} is not known; choose one of: auto, cpu, cuda, cuda:N")
     _positive(cfg, "temperature")
     _integer(cfg, "eval_batch_size", 1)
+    _boolean(cfg, "overwrite")
     if command in ("train", "finetune"):
         _integer(cfg, "epochs", 0)
         _integer(cfg, "batch_size", 1)
@@ -77,8 +84,15 @@ def validate(cfg: DictConfig) -> None:
         momentum = _number(cfg, "momentum")
         if not 0 <= momentum < 1:
             raise UserError(f"momentum={momentum:g} must be in [0, 1)")
+        _integer(cfg, "checkpoint_every_steps", 0)
+        resume = cfg.get("resume")
+        if not (resume is None or isinstance(resume, (bool, str))):
+            raise UserError(f"resume={resume!r} must be a path to a checkpoint.pt (or its run folder), true or auto")
     if command == "finetune":
+        from energy_cli.data import OUTLIERS
+
         _integer(cfg, "outlier_batch_size", 1)
+        _choice(cfg, "outliers.name", sorted(OUTLIERS))
         _choice(cfg, "loss.name", ["energy", "oe"])
         _non_negative(cfg, "loss.weight")
         if cfg.loss.name == "energy":
@@ -91,6 +105,9 @@ def validate(cfg: DictConfig) -> None:
 
         resolve_ood_names(cfg.ood, cfg.dataset)
         resolve_score_names(cfg.score)
+        _positive(cfg, "odin.temperature")
+        _non_negative(cfg, "odin.noise")
+        _non_negative(cfg, "mahalanobis.noise")
         _integer(cfg, "num_to_avg", 1)
         if str(cfg.ood_samples) != "all":
             _integer(cfg, "ood_samples", 1)

@@ -253,10 +253,14 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler, state: LoopState,
-        save: Callable[[LoopState], None]) -> LoopState:
+        save: Callable[[LoopState], None], stop_requested: Callable[[], bool] | None = None) -> LoopState:
     """Train from `state` to `spec.epochs`, calling `save(state)` after every epoch (and every
-    `checkpoint_every_steps` steps). Raises UserError when the loss stops being finite (the last
-    saved checkpoint is then the last good one)."""
+    `checkpoint_every_steps` steps).
+
+    Before each step `stop_requested()` is asked; when it says yes, the state after the last finished
+    step is saved and returned (with `state.epoch < spec.epochs`). Raises NonFiniteLoss, before saving
+    anything more, as soon as the loss stops being finite (checked every step on the CPU, every 50 steps
+    and before every save on a GPU), so the last saved checkpoint is the last good one."""
     from tqdm.auto import tqdm
 
     dev = runtime.device
@@ -266,9 +270,12 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
     norm = spec.normalizer.to(dev)
     n = len(images)
     steps = steps_per_epoch(n, spec.batch_size)
+    every = int(spec.checkpoint_every_steps)
+    check_every = 1 if dev.type == "cpu" else 50   # reading the loss waits for a GPU; on a CPU it is free
     gen = runtime.generator(0)
     model.train()
     total = spec.epochs * steps
+    saved_step = state.step
     bar = tqdm(total=total, initial=min(state.step, total), desc=spec.description, unit="step",
                disable=not runtime.progress, leave=False, dynamic_ncols=True)
     try:
@@ -282,7 +289,22 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
             loss_sum = torch.tensor(state.loss_sum, device=dev, dtype=torch.float64)
             correct = torch.tensor(state.correct, device=dev, dtype=torch.int64)
             count = state.count
+
+            def save_mid_epoch() -> None:
+                """Save the position inside the epoch (running sums included) after a finite step."""
+                nonlocal started, saved_step
+                _check_finite(float(loss_sum), epoch, state)
+                state.loss_sum, state.correct, state.count = float(loss_sum), int(correct), count
+                state.seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                save(state)
+                saved_step = state.step
+
             for b in range(state.batch, steps):
+                if stop_requested is not None and stop_requested():
+                    if state.step != saved_step:
+                        save_mid_epoch()
+                    return state
                 gen.manual_seed(mix_seed(spec.seed, epoch, b, 2))
                 idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
                 x = random_crop_flip(images[idx], spec.crop_pad, spec.flip, gen)
@@ -306,12 +328,10 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
                 state.batch = b + 1
                 state.step += 1
                 bar.update(1)
-                if spec.checkpoint_every_steps and state.step % spec.checkpoint_every_steps == 0 and state.batch < steps:
+                if state.step % check_every == 0:
                     _check_finite(float(loss_sum), epoch, state)
-                    state.loss_sum, state.correct, state.count = float(loss_sum), int(correct), count
-                    state.seconds += time.perf_counter() - started
-                    started = time.perf_counter()
-                    save(state)
+                if every and state.step % every == 0 and state.batch < steps:
+                    save_mid_epoch()
             epoch_loss = float(loss_sum) / max(count, 1)
             _check_finite(epoch_loss, epoch, state)
             test_logits, _ = predict(model, spec.test.images, spec.normalizer, runtime, spec.eval_batch_size)
@@ -329,6 +349,7 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
             state.loss_sum, state.correct, state.count, state.seconds = 0.0, 0, 0, 0.0
             bar.set_postfix(loss=f"{row['loss']:.4f}", test_acc=f"{row['test_acc']:.4f}")
             save(state)
+            saved_step = state.step
             if not runtime.progress:
                 continue
             tqdm.write(f"epoch {row['epoch']:>3}/{spec.epochs}  loss {row['loss']:.4f}  train_acc "
@@ -339,8 +360,15 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
     return state
 
 
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite; `epoch` (from 1) and `step` say where."""
+
+    def __init__(self, value: float, epoch: int, step: int):
+        self.value, self.epoch, self.step = value, epoch, step
+        super().__init__(f"the training loss became {value} in epoch {epoch} (by step {step}); "
+                         "start again with a smaller lr or loss.weight")
+
+
 def _check_finite(loss: float, epoch: int, state: LoopState) -> None:
     if not math.isfinite(loss):
-        raise UserError(f"the training loss became {loss} in epoch {epoch + 1} (step {state.step}); "
-                        "stopped without saving this epoch, the last checkpoint is the last good one; "
-                        "try a smaller lr or loss.weight")
+        raise NonFiniteLoss(loss, epoch + 1, state.step)

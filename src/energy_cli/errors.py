@@ -7,3 +7,12 @@ is a bug and keeps its traceback.
 
 class UserError(Exception):
     """A problem with the user's input; the message says what to do about it."""
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT / SIGTERM after saving a checkpoint it can be resumed from. The CLI prints
+    the message (which names the command that resumes) and exits with `status` (128 + the signal)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status

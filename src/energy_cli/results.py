@@ -22,6 +22,8 @@ TRAIN_LOG_COLUMNS = ["epoch", "loss", "train_acc", "test_acc", "lr", "seconds"]
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, (float, np.floating)):
         return "nan" if math.isnan(value) else f"{float(value):.6g}"
     return str(value)
@@ -61,11 +63,11 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "(no results)"
     with_std = "fpr95_std" in rows[0]
-    head = f"{'score':<12}{'ood':<16}{'n_ood':>7}{'FPR95':>9}{'AUROC':>9}{'AUPR-In':>9}{'AUPR-Out':>10}"
+    head = f"{'score':<12}{'T':>6}  {'ood':<16}{'n_ood':>7}{'FPR95':>9}{'AUROC':>9}{'AUPR-In':>9}{'AUPR-Out':>10}"
     lines = []
     first = rows[0]
     lines.append(f"{first['dataset']} / {first['backbone']} / stage {first['stage']}  |  ID accuracy "
-                 f"{first['id_acc']:.2f}%  on {first['n_id']} ID test images  |  T = {first['temperature']:g}")
+                 f"{first['id_acc']:.2f}%  on {first['n_id']} ID test images")
     lines.append(head + ("   (mean ± std over draws)" if with_std else ""))
     lines.append("-" * len(head))
     previous = None
@@ -75,9 +77,11 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         previous = r["score"]
         name = r["ood"] if r["ood"] != "average" else "AVERAGE"
         cells = [f"{r[m]:>9.2f}" if m != "aupr_out" else f"{r[m]:>10.2f}" for m in ("fpr95", "auroc", "aupr_in", "aupr_out")]
-        line = f"{r['score']:<12}{name:<16}{r['n_ood']:>7}" + "".join(cells)
+        t = "-" if r.get("temperature") is None else f"{r['temperature']:g}"
+        line = f"{r['score']:<12}{t:>6}  {name:<16}{r['n_ood']:>7}" + "".join(cells)
         if with_std:
             line += f"   ±{r['fpr95_std']:.2f} / ±{r['auroc_std']:.2f}"
         lines.append(line)
-    lines.append("FPR95: lower is better; AUROC, AUPR: higher is better (percent; ID = positive class).")
+    lines.append("FPR95: lower is better; AUROC, AUPR: higher is better (percent; ID = positive class). "
+                 "T: the temperature the score applies (-: none).")
     return "\n".join(lines)

@@ -56,9 +56,44 @@ def with_run_folder(command: str, args: Sequence[str]) -> tuple[list[str], Path 
     multirun = is_multirun(args)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     if _names_key(args, key):
+        check_unused(args, key)
         return args, None
     folder = claim_folder(Path(SWEEP_ROOT if multirun else RUN_ROOT) / command)
     return [*args, f"{key}={folder.as_posix()}"], folder
+
+
+def _value(args: Sequence[str], key: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith(key + "=")]
+    if not values:
+        return None
+    value = values[-1].strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    return value
+
+
+def check_unused(args: Sequence[str], key: str) -> None:
+    """Before Hydra writes its record into a folder the user chose (`hydra.run.dir=` / `hydra.sweep.dir=`):
+    refuse one that holds outputs of an earlier run, unless overwrite=true (a resumed run is planned into
+    its own folder and passes resume=)."""
+    from energy_cli.errors import UserError
+
+    folder = _value(args, key)
+    if folder is None or "${" in folder or _value(args, "resume") not in (None, "null", "false"):
+        return
+    if str(_value(args, "overwrite")).lower() == "true":
+        return
+    found = earlier_outputs(Path(folder).expanduser())
+    if found:
+        raise UserError(f"{key}={folder} already holds {found[0].relative_to(Path(folder).expanduser())} from an "
+                        "earlier run; choose another folder, resume that run with resume=PATH, or add overwrite=true")
+
+
+def earlier_outputs(folder: Path) -> list[Path]:
+    """The files in a run folder besides Hydra's own record (.hydra/, *.log): what a run wrote there."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log")
 
 
 def remove_if_unused(folder: Path | None) -> None:
@@ -66,8 +101,7 @@ def remove_if_unused(folder: Path | None) -> None:
     (the run failed before writing anything)."""
     if folder is None or not folder.is_dir():
         return
-    leftovers = [p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"]
-    if not leftovers:
+    if not earlier_outputs(folder):
         shutil.rmtree(folder, ignore_errors=True)
         parent = folder.parent
         try:

@@ -22,6 +22,20 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
+def refuse_to_overwrite(cfg, run_dir: Path) -> None:
+    """A run never overwrites what an earlier run wrote (a `hydra.run.dir=` that is already used), unless
+    the user says overwrite=true; a resumed run continues in its own folder."""
+    from energy_cli.errors import UserError
+    from energy_cli.runs import earlier_outputs
+
+    if cfg.get("resume") not in (None, False) or cfg.get("overwrite"):
+        return
+    found = earlier_outputs(run_dir)
+    if found:
+        raise UserError(f"the run folder {display_path(run_dir)} already holds {found[0].name} from an earlier run; "
+                        "choose another hydra.run.dir, resume that run with resume=PATH, or add overwrite=true")
+
+
 def run_command(cfg) -> object:
     from hydra.core.hydra_config import HydraConfig
 
@@ -30,6 +44,7 @@ def run_command(cfg) -> object:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     print(f"energy-ood {cfg.command}: run folder {display_path(run_dir)}", flush=True)
     validate(cfg)
+    refuse_to_overwrite(cfg, run_dir)
     module = importlib.import_module(COMMAND_MODULES[cfg.command])
     return module.run(cfg, run_dir)
 

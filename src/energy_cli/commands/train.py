@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from energy_cli import resume
 from energy_cli.commands.common import dataset_normalizer, train_and_save
 from energy_cli.data import load_id
 from energy_cli.engine import TrainSpec, runtime_from_config, seed_everything
@@ -14,6 +15,7 @@ from energy_cli.models import build_model
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
+    resumed = resume.load_for_resume(cfg)
     runtime = runtime_from_config(cfg)
     seed_everything(int(cfg.seed))
     train, test = load_id(cfg)
@@ -23,8 +25,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         objective=lambda logits, labels, n_in: cross_entropy(logits, labels),
         epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
         crop_pad=int(cfg.dataset.augment.crop_pad), flip=bool(cfg.dataset.augment.flip),
-        eval_batch_size=int(cfg.eval_batch_size), description="train",
+        eval_batch_size=int(cfg.eval_batch_size), checkpoint_every_steps=int(cfg.checkpoint_every_steps),
+        description="train",
     )
     print(f"training {cfg.backbone.name} on {cfg.dataset.name}: {len(train)} train / {len(test)} test images, "
           f"{cfg.epochs} epochs, lr {cfg.lr}, batch {cfg.batch_size}, {runtime.device.type} {runtime.precision}")
-    return train_and_save(cfg, run_dir, model, spec, runtime, stage="pretrain")
+    return train_and_save(cfg, run_dir, model, spec, runtime, stage="pretrain", resume_from=resumed)
