@@ -59,6 +59,14 @@ def config_dir() -> Path:
     raise RuntimeError(f"energy-ood's configs are missing (looked in {package / 'conf'}); reinstall the package")
 
 
+def _list_item(name: str) -> str:
+    """A list element as Hydra reads it: quoted when it holds characters Hydra's grammar reserves
+    (`~`, spaces, brackets, ... as in `folder:~/my images`)."""
+    if re.fullmatch(r"[A-Za-z0-9_\-./:+@%]+", name):
+        return name
+    return "'" + name + "'" if '"' in name else '"' + name + '"'
+
+
 def expand_shorthands(args: Sequence[str]) -> list[str]:
     """`--ood a,b` and `--ood=a,b` -> `ood=[a,b]`; everything else is passed to Hydra unchanged."""
     out: list[str] = []
@@ -76,7 +84,7 @@ def expand_shorthands(args: Sequence[str]) -> list[str]:
             names = [v.strip() for v in value.split(",") if v.strip()]
             if not names:
                 raise UserError("--ood needs a comma-separated list of OOD sets, e.g. --ood svhn,lsun")
-            out.append("ood=[" + ",".join(names) + "]")
+            out.append("ood=[" + ",".join(_list_item(n) for n in names) + "]")
         else:
             out.append(arg)
         i += 1

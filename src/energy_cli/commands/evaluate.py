@@ -173,6 +173,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     temperature = float(cfg.temperature)
     shape = id_shape(cfg)
     train, test = load_id(cfg)
+    oods = [load_ood(name, cfg, shape) for name in ood_names]   # every set first: a missing one fails fast
     print(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
           f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
 
@@ -184,9 +185,9 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
 
     logits, scores = {}, {}
     logits["id"], scores["id"] = score_images(model, test.images, detectors, normalizer, runtime, batch_size)
-    for name in ood_names:
-        ood = load_ood(name, cfg, shape)
-        logits[name], scores[name] = score_images(model, ood.images, detectors, normalizer, runtime, batch_size)
+    for ood in oods:
+        logits[ood.name], scores[ood.name] = score_images(model, ood.images, detectors, normalizer, runtime,
+                                                          batch_size)
     scores = {name: {score: values.numpy() for score, values in per.items()} for name, per in scores.items()}
 
     ood_samples = None if str(cfg.ood_samples) == "all" else int(cfg.ood_samples)

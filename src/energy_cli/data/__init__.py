@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 
 from omegaconf import DictConfig, ListConfig
 
-from energy_cli.data import embedded, synthetic
+from energy_cli.data import catalog, cifar, embedded, folders, svhn, synthetic, tinyimages
 from energy_cli.data.images import ImageSet, adapt
 from energy_cli.errors import UserError
 
@@ -20,11 +20,17 @@ Shape = tuple[int, int, int]
 # name -> cfg -> (train, test)
 ID_DATASETS: dict[str, Callable[[DictConfig], tuple[ImageSet, ImageSet]]] = {
     "digits": lambda cfg: embedded.load_digits_split(cfg.dataset.get("test_fraction", 0.2)),
+    "cifar10": lambda cfg: cifar.load_cifar("cifar10", cfg.data_root, bool(cfg.download)),
+    "cifar100": lambda cfg: cifar.load_cifar("cifar100", cfg.data_root, bool(cfg.download)),
 }
 
 # name -> (cfg, shape) -> outliers, already at `shape`
 OUTLIERS: dict[str, Callable[[DictConfig, Shape], ImageSet]] = {
     "china_patches": lambda cfg, shape: embedded.china_patches(int(cfg.outliers.n), shape, int(cfg.seed)),
+    "tinyimages300k": lambda cfg, shape: _tinyimages300k(cfg),
+    "npy": lambda cfg, shape: tinyimages.load_npy_images(_outlier_path(cfg, "FILE.npy"), "npy"),
+    "folder": lambda cfg, shape: folders.load_folder(_outlier_path(cfg, "FOLDER"), "folder", shape,
+                                                     cfg.get("cache_dir"), bool(cfg.get("progress", False))),
 }
 
 # name -> (cfg, shape) -> OOD test set (adapted to `shape` by load_ood)
@@ -34,7 +40,16 @@ OOD_SETS: dict[str, Callable[[DictConfig, Shape], ImageSet]] = {
     "uniform": lambda cfg, shape: synthetic.uniform(_ood_size(cfg), shape, int(cfg.seed)),
     "rademacher": lambda cfg, shape: synthetic.rademacher(_ood_size(cfg), shape, int(cfg.seed)),
     "blobs": lambda cfg, shape: synthetic.blobs(_ood_size(cfg), shape, int(cfg.seed)),
+    "svhn": lambda cfg, shape: svhn.load_svhn_test(cfg.data_root, bool(cfg.download)),
+    "textures": lambda cfg, shape: _public_folder("textures", cfg, shape),
+    "places365": lambda cfg, shape: _public_folder("places365", cfg, shape),
+    "lsun_c": lambda cfg, shape: _public_folder("lsun_c", cfg, shape),
+    "lsun_r": lambda cfg, shape: _public_folder("lsun_r", cfg, shape),
+    "isun": lambda cfg, shape: _public_folder("isun", cfg, shape),
 }
+
+# `folder:PATH` names any folder (or single image file) as an OOD set, e.g. ood=[folder:/data/my_images]
+FOLDER_PREFIX = "folder:"
 
 # alternative names users may type
 OOD_ALIASES: dict[str, str] = {"lsun": "lsun_c"}
@@ -43,6 +58,30 @@ OOD_ALIASES: dict[str, str] = {"lsun": "lsun_c"}
 def _ood_size(cfg: DictConfig) -> int:
     """Number of images in each generated OOD set (embedded and synthetic)."""
     return int(cfg.dataset.get("ood_size", 10000))
+
+
+def _public_folder(key: str, cfg: DictConfig, shape: Shape) -> ImageSet:
+    """One of the public folder sets (catalog key), decoded to `shape` through the on-disk cache."""
+    root = catalog.locate(key, cfg.data_root, bool(cfg.get("download", False)))
+    src = catalog.SOURCES[key]
+    return folders.load_folder(root, key, shape, cfg.get("cache_dir"), bool(cfg.get("progress", False)),
+                               what=f"get it from {src.url}")
+
+
+def _outlier_path(cfg: DictConfig, what: str) -> str:
+    path = cfg.outliers.get("path")
+    if path in (None, ""):
+        raise UserError(f"outliers={cfg.outliers.name} needs the path of its data: add path={what}")
+    return str(path)
+
+
+def _tinyimages300k(cfg: DictConfig) -> ImageSet:
+    """The 300K random images: outliers.path when given, else <data_root>/300K_random_images.npy."""
+    path = cfg.outliers.get("path")
+    src = catalog.SOURCES["tinyimages300k"]
+    if path in (None, ""):
+        path = catalog.locate("tinyimages300k", cfg.data_root)
+    return tinyimages.load_npy_images(path, "tinyimages300k", hint=f"get it from {src.url}")
 
 
 def id_shape(cfg: DictConfig) -> Shape:
@@ -97,17 +136,21 @@ def resolve_ood_names(requested: str | Iterable[str] | None, dataset: DictConfig
 
 
 def known_ood_names() -> list[str]:
-    return sorted(OOD_SETS) + sorted(OOD_ALIASES)
+    return sorted(OOD_SETS) + sorted(OOD_ALIASES) + [FOLDER_PREFIX + "PATH"]
 
 
 def is_known_ood(name: str) -> bool:
-    return name in OOD_SETS
+    return name in OOD_SETS or (name.startswith(FOLDER_PREFIX) and len(name) > len(FOLDER_PREFIX))
 
 
 def load_ood(name: str, cfg: DictConfig, shape: Shape) -> ImageSet:
     """One OOD test set, adapted to the ID shape."""
     name = canonical_ood_name(name)
-    if name not in OOD_SETS:
+    if name.startswith(FOLDER_PREFIX) and is_known_ood(name):
+        out = folders.load_folder(name[len(FOLDER_PREFIX):], name, shape, cfg.get("cache_dir"),
+                                  bool(cfg.get("progress", False)))
+    elif name in OOD_SETS:
+        out = OOD_SETS[name](cfg, shape)
+    else:
         raise UserError(f"unknown OOD set '{name}'; choose from: {', '.join(known_ood_names())}")
-    out = OOD_SETS[name](cfg, shape)
     return ImageSet(name, adapt(out.images, shape))
