@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 from energy_cli.errors import Interrupted, UserError
 
 PROG = "energy-ood"
+
+TRAINING_COMMANDS = ("train", "finetune")   # the commands that run data-parallel under torchrun
 
 COMMANDS: dict[str, str] = {
     "train": "pretrain a classifier with cross-entropy",
@@ -212,6 +215,9 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     import hydra._internal.utils as hydra_utils
 
     hydra_utils.run_and_report = _report
+    # conf/hydra/launcher/submitit_slurm.yaml deliberately shares the SLURM plugin's config name (and is
+    # checked against its schema); Hydra warns about that pattern on every run
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
     saved_argv = sys.argv
     sys.argv = [f"{PROG}-{command}", *overrides]
     try:
@@ -241,15 +247,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         overrides = collect_paths(command, expand_shorthands(rest))
     except UserError as exc:
         fail(str(exc))
-    from energy_cli import resume
-    from energy_cli.runs import remove_if_unused, starts_a_job, with_run_folder
+    from energy_cli import distributed
+    from energy_cli.runs import remove_if_unused
 
-    if starts_a_job(overrides):
-        overrides = _report(lambda: resume.plan(command, overrides))  # type: ignore[assignment]
-    try:
-        overrides, claimed = with_run_folder(command, overrides)
-    except UserError as exc:
-        fail(str(exc))
+    group = distributed.from_env()
+    if group.enabled:   # started by torchrun
+        if command not in TRAINING_COMMANDS:
+            if not group.is_main:
+                return      # eval and the other commands run on rank 0 alone
+        else:
+            _run_distributed(command, overrides, group)
+            return
+    overrides, claimed = _plan_run(command, overrides)
     ok = False
     previous = _stop_on_sigterm()
     try:
@@ -263,6 +272,58 @@ def main(argv: Sequence[str] | None = None) -> None:
         _restore_sigterm(previous)
         if not ok:
             remove_if_unused(claimed)
+
+
+def _plan_run(command: str, overrides: list[str]) -> tuple[list[str], object]:
+    """Resolve resume= and claim a fresh run folder: the final overrides, and the claimed folder (or None)."""
+    from energy_cli import resume
+    from energy_cli.runs import starts_a_job, with_run_folder
+
+    if starts_a_job(overrides):
+        overrides = _report(lambda: resume.plan(command, overrides))  # type: ignore[assignment]
+    try:
+        return with_run_folder(command, overrides)
+    except UserError as exc:
+        fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+def _run_distributed(command: str, overrides: list[str], group) -> None:
+    """train / finetune under torchrun: rank 0 plans the run (resume, run folder) and tells the others; every
+    rank runs the same Hydra job in the same folder, only rank 0 writes Hydra's record and the outputs."""
+    from energy_cli import distributed
+    from energy_cli.runs import is_multirun, remove_if_unused
+
+    if is_multirun(overrides):
+        fail("-m sweeps do not run under torchrun; start one torchrun per job, or sweep with a Hydra launcher "
+             "(hydra/launcher=submitit_slurm) whose jobs use several GPUs")
+    distributed.init(distributed.backend_for(overrides))
+    claimed = None
+    try:
+        if group.is_main:
+            try:
+                overrides, claimed = _plan_run(command, overrides)
+                plan: tuple = ("run", overrides)
+            except SystemExit as exc:          # the one-line error is printed; the other ranks stop too
+                plan = ("exit", exc.code)
+            plan = distributed.broadcast(plan)
+        else:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints the run's story
+            plan = distributed.broadcast(None)
+        if plan[0] == "exit":
+            raise SystemExit(plan[1])
+        overrides = list(plan[1])
+        if not group.is_main and not any(o.startswith("hydra.output_subdir=") for o in overrides):
+            overrides.append("hydra.output_subdir=null")   # rank 0 writes .hydra/
+        ok = False
+        try:
+            run_hydra(command, overrides)
+            ok = True
+        finally:
+            if not ok and group.is_main:
+                remove_if_unused(claimed)
+    finally:
+        distributed.shutdown()
 
 
 def _stop_on_sigterm() -> object:

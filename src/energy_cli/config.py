@@ -108,6 +108,8 @@ def validate(cfg: DictConfig) -> None:
         if not 0 <= momentum < 1:
             raise UserError(f"momentum={momentum:g} must be in [0, 1)")
         _integer(cfg, "checkpoint_every_steps", 0)
+        if not isinstance(cfg.get("sync_bn", False), bool):
+            raise UserError(f"sync_bn={cfg.sync_bn!r} must be true or false")
         resume = cfg.get("resume")
         if not (resume is None or isinstance(resume, (bool, str))):
             raise UserError(f"resume={resume!r} must be a path to a checkpoint.pt (or its run folder), true or auto")

@@ -96,12 +96,14 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def set_threads(threads: Any) -> int:
-    """CPU threads for torch's kernels: `auto` = every core this process may run on."""
+    """CPU threads for torch's kernels: `auto` = every core this process may run on, shared evenly among
+    the processes torchrun started on this machine (LOCAL_WORLD_SIZE)."""
     if str(threads) == "auto":
         try:
             n = len(os.sched_getaffinity(0))
         except AttributeError:  # not on Linux
             n = os.cpu_count() or 1
+        n = max(1, n // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     else:
         n = int(threads)
     if n != torch.get_num_threads():
@@ -110,12 +112,20 @@ def set_threads(threads: Any) -> int:
 
 
 def runtime_from_config(cfg: Any) -> Runtime:
+    """The Runtime a config asks for. Under torchrun each process computes on the GPU of its local rank
+    and only rank 0 draws progress bars."""
+    from energy_cli import distributed
+
+    group = distributed.current()
     device = resolve_device(cfg.device)
+    if group.enabled and device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
     dtype = resolve_precision(cfg.precision, device)
     if device.type == "cpu":
         set_threads(cfg.get("threads", "auto"))
     channels_last = device.type == "cuda" or dtype is not None
-    return Runtime(device=device, dtype=dtype, channels_last=channels_last, progress=bool(cfg.get("progress", True)),
+    return Runtime(device=device, dtype=dtype, channels_last=channels_last,
+                   progress=bool(cfg.get("progress", True)) and group.is_main,
                    compile=bool(cfg.get("compile", False)))
 
 
@@ -315,9 +325,18 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
     Before each step `stop_requested()` is asked; when it says yes, the state after the last finished
     step is saved and returned (with `state.epoch < spec.epochs`). Raises NonFiniteLoss, before saving
     anything more, as soon as the loss stops being finite (checked every step on the CPU, every 50 steps
-    and before every save on a GPU), so the last saved checkpoint is the last good one."""
+    and before every save on a GPU), so the last saved checkpoint is the last good one.
+
+    Under torchrun (distributed.current().enabled) the model is wrapped in DistributedDataParallel: every
+    rank builds and augments the same global batch and trains on its own slice of it (distributed.Group.shard);
+    each rank's loss is weighted by its share of the batch, so the averaged gradient is the gradient of the
+    global batch mean whenever the batch splits evenly. Stop requests and the finite check are agreed by all
+    ranks; the logged sums are totals over all ranks. A final batch with fewer images than ranks is skipped."""
     from tqdm.auto import tqdm
 
+    from energy_cli import distributed
+
+    group = distributed.current()
     dev = runtime.device
     images = spec.train.images.to(dev)
     labels = spec.train.labels.to(dev)
@@ -329,6 +348,11 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
     check_every = 1 if dev.type == "cpu" else 50   # reading the loss waits for a GPU; on a CPU it is free
     gen = runtime.generator(0)
     model.train()
+    net: nn.Module = model
+    if group.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     total = spec.epochs * steps
     saved_step = state.step
     bar = tqdm(total=total, initial=min(state.step, total), desc=spec.description, unit="step",
@@ -341,40 +365,73 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
             if out_images is not None:
                 out_order = torch.randperm(len(out_images), generator=torch.Generator().manual_seed(
                     mix_seed(spec.seed, epoch, 1))).to(dev)
-            loss_sum = torch.tensor(state.loss_sum, device=dev, dtype=torch.float64)
-            correct = torch.tensor(state.correct, device=dev, dtype=torch.int64)
-            count = state.count
+            # this process's sums since the epoch (re)started; the state holds the totals saved before
+            loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+            correct = torch.zeros((), device=dev, dtype=torch.int64)
+            count = torch.zeros((), device=dev, dtype=torch.int64)
+
+            def totals() -> tuple[float, int, int]:
+                """The epoch's loss sum, correct and seen counts so far, over all ranks."""
+                t = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(), count.double()]))
+                return state.loss_sum + float(t[0]), state.correct + int(t[1]), state.count + int(t[2])
+
+            def agreed(check_loss: bool) -> tuple[bool, bool]:
+                """(stop now, the loss is not finite), the same answer on every rank."""
+                stop = stop_requested is not None and stop_requested()
+                bad = check_loss and not math.isfinite(float(loss_sum))
+                if group.enabled:
+                    flags = distributed.any_rank(torch.tensor([float(stop), float(bad)], device=dev))
+                    stop, bad = bool(flags[0]), bool(flags[1])
+                return stop, bad
 
             def save_mid_epoch() -> None:
                 """Save the position inside the epoch (running sums included) after a finite step."""
-                nonlocal started, saved_step
-                _check_finite(float(loss_sum), epoch, state)
-                state.loss_sum, state.correct, state.count = float(loss_sum), int(correct), count
+                nonlocal started, saved_step, loss_sum, correct, count
+                total_loss, total_correct, total_count = totals()
+                _check_finite(total_loss, epoch, state)
+                state.loss_sum, state.correct, state.count = total_loss, total_correct, total_count
+                loss_sum, correct, count = loss_sum * 0, correct * 0, count * 0
+                distributed.sync_buffers(model)
                 state.seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 save(state)
                 saved_step = state.step
 
             for b in range(state.batch, steps):
-                if stop_requested is not None and stop_requested():
+                stop, bad = agreed(check_loss=state.step % check_every == 0 and state.step != saved_step)
+                if bad:
+                    local = float(loss_sum)
+                    raise NonFiniteLoss(local if not math.isfinite(local) else float("nan"), epoch + 1, state.step)
+                if stop:
                     if state.step != saved_step:
                         save_mid_epoch()
                     return state
                 gen.manual_seed(mix_seed(spec.seed, epoch, b, 2))
                 idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
+                if len(idx) < group.world_size:   # too few images to give every rank one: skip
+                    state.batch = b + 1
+                    continue
                 x = random_crop_flip(images[idx], spec.crop_pad, spec.flip, gen)
                 y = labels[idx]
-                n_in = len(idx)
                 if out_images is not None:
                     pos = (b * spec.outlier_batch_size + torch.arange(spec.outlier_batch_size, device=dev)) % len(out_images)
                     xo = random_crop_flip(out_images[out_order[pos]], spec.crop_pad, spec.flip, gen)
+                share = 1.0
+                if group.enabled:   # this rank's slice of the global batch
+                    part = group.shard(len(idx))
+                    x, y = x[part], y[part]
+                    share = len(y) * group.world_size / len(idx)
+                    if out_images is not None:
+                        xo = xo[group.shard(len(xo))]
+                n_in = len(y)
+                if out_images is not None:
                     x = torch.cat([x, xo])
                 x = norm(x, runtime.memory_format)
                 with runtime.autocast():
-                    logits = model(x)
+                    logits = net(x)
                 loss = spec.objective(logits.float(), y, n_in)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * share if share != 1.0 else loss).backward()
                 optimizer.step()
                 scheduler.step()
                 loss_sum += loss.detach().double() * n_in
@@ -383,18 +440,18 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
                 state.batch = b + 1
                 state.step += 1
                 bar.update(1)
-                if state.step % check_every == 0:
-                    _check_finite(float(loss_sum), epoch, state)
                 if every and state.step % every == 0 and state.batch < steps:
                     save_mid_epoch()
-            epoch_loss = float(loss_sum) / max(count, 1)
+            total_loss, total_correct, total_count = totals()
+            epoch_loss = total_loss / max(total_count, 1)
             _check_finite(epoch_loss, epoch, state)
+            distributed.sync_buffers(model)
             test_logits, _ = predict(model, spec.test.images, spec.normalizer, runtime, spec.eval_batch_size)
             state.seconds += time.perf_counter() - started
             row = {
                 "epoch": epoch + 1,
                 "loss": epoch_loss,
-                "train_acc": int(correct) / max(count, 1),
+                "train_acc": total_correct / max(total_count, 1),
                 "test_acc": accuracy(test_logits, spec.test.labels),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": state.seconds,

@@ -33,7 +33,7 @@ from energy_cli.errors import UserError
 
 # Keys a resumed run may change: where and how fast it computes, what it prints, how often it saves.
 VOLATILE_KEYS = ("resume", "device", "precision", "progress", "eval_batch_size", "data_root", "download",
-                 "checkpoint_every_steps", "overwrite")
+                 "checkpoint_every_steps", "overwrite", "threads", "compile")
 # The checkpoint stages each command writes.
 STAGES_OF = {"train": ("pretrain",), "finetune": ("energy", "oe")}
 _OFF = ("", "null", "none", "false", "~")

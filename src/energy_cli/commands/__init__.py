@@ -30,8 +30,10 @@ def refuse_to_overwrite(cfg, run_dir: Path) -> None:
     from energy_cli.errors import UserError
     from energy_cli.runs import earlier_outputs
 
-    if cfg.get("resume") not in (None, False) or cfg.get("overwrite"):
-        return
+    from energy_cli import distributed
+
+    if cfg.get("resume") not in (None, False) or cfg.get("overwrite") or not distributed.current().is_main:
+        return   # (under torchrun rank 0 checks; the others may already see its first files)
     found = earlier_outputs(run_dir)
     if found:
         raise UserError(f"the run folder {display_path(run_dir)} already holds {found[0].name} from an earlier run; "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from pathlib import Path
 from typing import Any, Iterable
@@ -11,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from energy_cli import checkpoint as ckpt_io
-from energy_cli import resume
+from energy_cli import distributed, resume
 from energy_cli.commands import display_path
 from energy_cli.data.batches import Normalizer
 from energy_cli.engine import (LoopState, NonFiniteLoss, Runtime, TrainSpec, fit, make_optimizer, make_scheduler,
@@ -125,8 +126,16 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     `checkpoint_every_steps` steps); with `resume_from` (a checkpoint of this run) continue where it
     stopped. SIGINT / SIGTERM save the current step and raise Interrupted; a loss that stops being finite
     raises a UserError and leaves the last good checkpoint in place. `backbone` is the model's backbone
-    config when it did not come from `cfg.backbone` (fine-tuning: the starting checkpoint's)."""
-    model = model.to(runtime.device, memory_format=runtime.memory_format)
+    config when it did not come from `cfg.backbone` (fine-tuning: the starting checkpoint's).
+
+    Under torchrun every rank trains (engine.fit wraps the model in DistributedDataParallel) and only rank 0
+    writes; at the end the ranks compare checksums of their weights."""
+    group = distributed.current()
+    if group.enabled and cfg.get("sync_bn", False):
+        if runtime.device.type != "cuda":
+            raise UserError("sync_bn=true needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on CPUs); drop it")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = prepare_model(model, runtime, spec.train.shape)
     optimizer = make_optimizer(model, float(cfg.lr), float(cfg.momentum), float(cfg.weight_decay), bool(cfg.nesterov))
     total_steps = int(cfg.epochs) * steps_per_epoch(len(spec.train), spec.batch_size)
     scheduler = make_scheduler(optimizer, total_steps, float(cfg.lr))
@@ -156,6 +165,9 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     def save(state: LoopState, finished: bool = False) -> None:
         if not _all_finite(model):
             raise NonFiniteLoss(float("nan"), state.epoch + (0 if state.batch == 0 else 1), state.step)
+        if not group.is_main:
+            saved["step"] = state.step
+            return
         ckpt_io.save_checkpoint(ckpt_path, {
             **header,
             "model": ckpt_io.strip_module_prefix(model.state_dict()),
@@ -170,8 +182,10 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
         write_train_log(log_path, state.history)
         saved["step"] = state.step
 
-    with resume.run_lock(run_dir), resume.StopOnSignal() as stop:
-        ckpt_io.remove_stale_temporaries(run_dir)       # left by a process killed in the middle of a write
+    lock = resume.run_lock(run_dir) if group.is_main else contextlib.nullcontext()
+    with lock, resume.StopOnSignal() as stop:
+        if group.is_main:
+            ckpt_io.remove_stale_temporaries(run_dir)   # left by a process killed in the middle of a write
         if resume_from is not None:
             set_rng_state(resume_from["rng"])
             print(f"resuming {display_path(ckpt_path)} at epoch {state.epoch + 1}, step {state.step}")
@@ -189,12 +203,13 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
                               f"{display_path(ckpt_path)}; resume with: {resume.resume_command(cfg.command, ckpt_path)}",
                               128 + (stop.signum or 15))
         save(state, finished=True)
+    if group.enabled:
+        if not distributed.check_identical_weights(model):
+            raise RuntimeError("the ranks ended with different weights: a bug in the distributed training path")
+        print(f"weights identical on all {group.world_size} ranks")
     last = state.history[-1] if state.history else None
     summary = f"test accuracy {100 * last['test_acc']:.2f}%" if last else "0 epochs: weights unchanged"
     print(f"{stage}: {summary} after {state.epoch} epochs on {runtime.device.type} ({runtime.precision}); "
           f"wrote {display_path(ckpt_path)} and {display_path(log_path)}")
     return ckpt_path
 
-
-def tensor_summary(x: torch.Tensor) -> str:
-    return f"mean {x.mean():.2f}, 5%..95% {x.quantile(0.05):.2f}..{x.quantile(0.95):.2f}"
