@@ -30,3 +30,37 @@ def test_unknown_backbone_and_bad_option():
         build_model({"name": "vgg"}, 10, 3)
     with pytest.raises(UserError):
         build_model({"name": "resnet18", "depth": 3}, 10, 3)
+
+
+def test_wrn_dropout_keeps_the_right_fraction_and_scales():
+    from energy_cli.models.wrn import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200, 50, 10, 10)
+    y = dropout(x, 0.3, training=True)
+    kept = (y > 0).float().mean().item()
+    assert kept == pytest.approx(0.7, abs=0.005)
+    values = torch.unique(y).tolist()                                                   # scaled by the exact
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(65536 / 45875)  # keep probability
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)                              # expectation kept
+    assert torch.equal(dropout(x, 0.3, training=False), x) and torch.equal(dropout(x, 0.0, training=True), x)
+    torch.manual_seed(1)
+    a = dropout(x, 0.3, True)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(x, 0.3, True))                                         # seeded
+
+
+def test_wrn_dropout_mask_follows_channels_last_layout_and_gradients():
+    from energy_cli.models.wrn import dropout
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = dropout(x, 0.5, True)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.sum().backward()
+    dropped = y == 0
+    assert torch.equal(x.grad == 0, dropped)                  # gradient flows exactly through the kept values
+    assert torch.allclose(y[~dropped], x[~dropped] * (65536 / 32768))
+    # per-channel drop rates are all near 1/2: the mask is not aligned to one channel or position
+    rates = dropped.float().mean(dim=(0, 2, 3))
+    assert rates.min() > 0.2 and rates.max() < 0.8

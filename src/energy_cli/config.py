@@ -97,7 +97,8 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.get("compile", False), bool):
         raise UserError(f"compile={cfg.compile!r} must be true or false")
     _positive(cfg, "temperature")
-    _integer(cfg, "eval_batch_size", 1)
+    if str(cfg.get("eval_batch_size", "auto")) != "auto":
+        _integer(cfg, "eval_batch_size", 1)
     _boolean(cfg, "overwrite")
     if command in ("train", "finetune"):
         _integer(cfg, "epochs", 0)

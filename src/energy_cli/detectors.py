@@ -14,6 +14,7 @@ losses, gradient signs and scores are computed in fp32 (Mahalanobis distances in
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from energy_cli.data.batches import Normalizer, index_batches
 from energy_cli.data.images import ImageSet
-from energy_cli.engine import Runtime, predict
+from energy_cli.engine import Runtime, is_compiled, predict
 from energy_cli.models import Classifier
 from energy_cli.scores import (LOGIT_SCORES, GaussianFit, distance_to_class, fit_class_gaussians,
                                mahalanobis_distances, mahalanobis_score, odin_score)
@@ -39,16 +40,23 @@ class Batch:
 
     x: torch.Tensor
     logits: torch.Tensor
-    features: torch.Tensor
+    features: torch.Tensor | None   # None when no detector of the pass asked for them (needs_features)
 
 
-class Detector:
+class Detector(abc.ABC):
     """The interface: name, the temperature it applies (None if none), score(batch); detectors with
-    needs_fit also have fit(train) and state_dict() / load_state_dict() (the fit as tensors, for caching)."""
+    needs_fit also have fit(train) and state_dict() / load_state_dict() (the fit as tensors, for caching);
+    needs_features says whether score() reads batch.features."""
 
     name: str = ""
     temperature: float | None = None
     needs_fit: bool = False
+    needs_features: bool = False
+
+    @property
+    def needs_input_grad(self) -> bool:
+        """Whether score() differentiates through the model w.r.t. its inputs (perturbing detectors)."""
+        return False
 
     def fit(self, train: ImageSet) -> None:
         """Fit statistics on the labelled ID training set (only detectors with needs_fit)."""
@@ -59,8 +67,9 @@ class Detector:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore a fit saved with state_dict()."""
 
+    @abc.abstractmethod
     def score(self, batch: Batch) -> torch.Tensor:
-        raise NotImplementedError
+        """(N,) fp32 scores of the batch, higher = more in-distribution."""
 
 
 class LogitDetector(Detector):
@@ -133,6 +142,10 @@ class ODIN(Detector):
         self.temperature, self.noise = float(temperature), float(noise)
         self.std = normalizer.to(runtime.device).std / 255.0
 
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.noise > 0
+
     def score(self, batch: Batch) -> torch.Tensor:
         if self.noise == 0:
             return odin_score(batch.logits, self.temperature)
@@ -160,6 +173,7 @@ class Mahalanobis(Detector):
 
     name = "mahalanobis"
     needs_fit = True
+    needs_features = True
 
     def __init__(self, model: Classifier, normalizer: Normalizer, runtime: Runtime, noise: float = 0.0,
                  batch_size: int = 1024):
@@ -186,6 +200,10 @@ class Mahalanobis(Detector):
         if self.gaussians is None:
             raise RuntimeError("Mahalanobis.score before fit")
         return self.gaussians
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.noise > 0
 
     def score(self, batch: Batch) -> torch.Tensor:
         g = self.fitted()
@@ -230,15 +248,29 @@ def score_images(model: Classifier, images: torch.Tensor, detectors: Sequence[De
     model.eval()
     norm = normalizer.to(runtime.device)
     pin = runtime.device.type == "cuda" and images.device.type == "cpu"
+    with_features = any(d.needs_features for d in detectors)
+    # a compiled model runs through model(x) (forward_with_features stays eager); keep its batch shape fixed
+    pad = is_compiled(model) and not with_features and len(images) > batch_size
+    # inference_mode is the faster of the two, but its tensors cannot enter autograd (input perturbation)
+    no_grad = torch.no_grad if any(d.needs_input_grad for d in detectors) else torch.inference_mode
     logits_parts: list[torch.Tensor] = []
     score_parts: dict[str, list[torch.Tensor]] = {d.name: [] for d in detectors}
     try:
         for sl in index_batches(len(images), batch_size):
-            chunk = images[sl].pin_memory() if pin else images[sl]
+            chunk = images[sl]
+            n = len(chunk)
+            if pad and n < batch_size:
+                chunk = torch.cat([chunk, chunk.new_zeros((batch_size - n, *chunk.shape[1:]))])
+            if pin:
+                chunk = chunk.pin_memory()
             x = norm(chunk.to(runtime.device, non_blocking=True), runtime.memory_format)
-            with torch.no_grad(), runtime.autocast():
-                logits, feats = model.forward_with_features(x)
-            batch = Batch(x, logits.float(), feats.float())
+            with no_grad(), runtime.autocast():
+                if with_features:
+                    logits, feats = model.forward_with_features(x)
+                    feats = feats.float()
+                else:
+                    logits, feats = model(x), None
+            batch = Batch(x[:n], logits[:n].float(), None if feats is None else feats[:n])
             logits_parts.append(batch.logits.cpu())
             for det in detectors:
                 score_parts[det.name].append(det.score(batch).float().cpu())

@@ -38,6 +38,7 @@ class Runtime:
     channels_last: bool = False
     progress: bool = True
     compile: bool = False
+    eval_batch_size: int = 256
 
     @property
     def precision(self) -> str:
@@ -126,7 +127,16 @@ def runtime_from_config(cfg: Any) -> Runtime:
     channels_last = device.type == "cuda" or dtype is not None
     return Runtime(device=device, dtype=dtype, channels_last=channels_last,
                    progress=bool(cfg.get("progress", True)) and group.is_main,
-                   compile=bool(cfg.get("compile", False)))
+                   compile=bool(cfg.get("compile", False)),
+                   eval_batch_size=resolve_eval_batch_size(cfg.get("eval_batch_size", "auto"), device))
+
+
+def resolve_eval_batch_size(value: Any, device: torch.device) -> int:
+    """auto -> 256 on a CPU (larger batches spill the caches: WRN-40-2 evaluates ~2.5x slower at 1,024 than at
+    256 on the development machine), 1,024 on a GPU; a number as given."""
+    if str(value) == "auto":
+        return 1024 if device.type == "cuda" else 256
+    return int(value)
 
 
 def is_compiled(model: nn.Module) -> bool:

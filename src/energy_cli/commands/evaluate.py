@@ -177,7 +177,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     print(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
           f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
 
-    batch_size = int(cfg.eval_batch_size)
+    batch_size = runtime.eval_batch_size
     detectors = build_detectors(score_names, model, normalizer, runtime, temperature=temperature,
                                 odin_temperature=float(cfg.odin.temperature), odin_noise=float(cfg.odin.noise),
                                 mahalanobis_noise=float(cfg.mahalanobis.noise), batch_size=batch_size)

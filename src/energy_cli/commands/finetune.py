@@ -51,7 +51,7 @@ def resolve_auto_margins(cfg: DictConfig, run_dir: Path, model, train: ImageSet,
     """m_in / m_out as configured, `auto` ones measured from the starting model (losses.auto_margins);
     prints the measurement and writes margins.json into the run folder."""
     given_in, given_out = margin_value(cfg, "m_in"), margin_value(cfg, "m_out")
-    temperature, batch = float(cfg.temperature), int(cfg.eval_batch_size)
+    temperature, batch = float(cfg.temperature), runtime.eval_batch_size
     e_in = measure_energies(model, train, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 11))
     e_out = measure_energies(model, outliers, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 12))
     auto_in, auto_out = auto_margins(e_in, e_out)
@@ -119,7 +119,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
         crop_pad=int(cfg.dataset.augment.crop_pad), flip=bool(cfg.dataset.augment.flip),
         outliers=outliers, outlier_batch_size=int(cfg.outlier_batch_size),
-        eval_batch_size=int(cfg.eval_batch_size), checkpoint_every_steps=int(cfg.checkpoint_every_steps),
+        eval_batch_size=runtime.eval_batch_size, checkpoint_every_steps=int(cfg.checkpoint_every_steps),
         description=f"finetune ({name})",
     )
     margins = f", m_in {m_in:g}, m_out {m_out:g}, T {temperature:g}" if name == "energy" else ""

@@ -81,7 +81,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
             images, ok, bad = load_image_files(part, shape, name="images")
             failed += bad
             if ok:
-                logits, _ = predict(model, images.images, normalizer, runtime, int(cfg.eval_batch_size))
+                logits, _ = predict(model, images.images, normalizer, runtime, runtime.eval_batch_size)
                 energy = energy_score(logits, temperature)
                 columns = zip(ok, logits.argmax(dim=1).tolist(), msp_score(logits).tolist(), energy.tolist(),
                               (energy < threshold).tolist())

@@ -25,7 +25,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         objective=lambda logits, labels, n_in: cross_entropy(logits, labels),
         epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
         crop_pad=int(cfg.dataset.augment.crop_pad), flip=bool(cfg.dataset.augment.flip),
-        eval_batch_size=int(cfg.eval_batch_size), checkpoint_every_steps=int(cfg.checkpoint_every_steps),
+        eval_batch_size=runtime.eval_batch_size, checkpoint_every_steps=int(cfg.checkpoint_every_steps),
         description="train",
     )
     print(f"training {cfg.backbone.name} on {cfg.dataset.name}: {len(train)} train / {len(test)} test images, "

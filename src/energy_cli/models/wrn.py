@@ -9,6 +9,33 @@ from torch import nn
 from energy_cli.models.base import Classifier
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout: keep each value with probability 1 - p and scale the kept ones by 1 / (1 - p).
+
+    On CPUs the keep mask is drawn 16 bits at a time: each int64 from `random_()` gives three uniform 16-bit
+    numbers (its low 48 bits; the top bit is always 0), and a value is kept when its number is at least the
+    threshold, i.e. with probability 1 - p to within 2^-16 (the scale uses the exact probability). That is a
+    third of the random-number calls of F.dropout's per-element Bernoulli draws, which took about 40% of a
+    WRN-40-2 training step on the 2-core development machine. Elsewhere (GPUs) it is F.dropout.
+    """
+    if not training or p <= 0:
+        return x
+    if x.device.type != "cpu" or p >= 1:
+        return F.dropout(x, p, True)
+    n = x.numel()
+    threshold = round(65536 * p) - 32768                               # P(bits >= threshold) = 1 - p
+    keep = (32768 - threshold) / 65536
+    words = torch.empty(((n + 2) // 3,), dtype=torch.int64).random_()
+    # little-endian: int16 slices 0..2 of each word are its bits 0..47
+    mask = (words.view(torch.int16).view(-1, 4)[:, :3] >= threshold).view(-1)[:n]
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        nn_, c, h, w = x.shape                                         # lay the mask out like x
+        mask = mask.view(nn_, h, w, c).permute(0, 3, 1, 2)
+    else:
+        mask = mask.view(x.shape)
+    return x * mask * (1.0 / keep)
+
+
 class _Block(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, plus a 1x1 projection shortcut when the shape changes."""
 
@@ -26,8 +53,7 @@ class _Block(nn.Module):
         o = F.relu(self.bn1(x))
         y = self.conv1(o)
         y = F.relu(self.bn2(y))
-        if self.dropout > 0:
-            y = F.dropout(y, p=self.dropout, training=self.training)
+        y = dropout(y, self.dropout, self.training)
         y = self.conv2(y)
         return y + (x if self.equal else self.shortcut(o))
 
