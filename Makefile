@@ -21,7 +21,7 @@ demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 bench: install
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --compile
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache

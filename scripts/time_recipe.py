@@ -97,11 +97,12 @@ def main() -> None:
         runtime = runtime_from_config(cfg)
         model, ckpt = load_model(work / "train" / "checkpoint.pt", cfg, runtime)
         images = torch.randint(0, 256, (args.infer, 3, 32, 32), dtype=torch.uint8)
-        predict(model, images[:256], checkpoint_normalizer(ckpt), runtime)          # warm-up
+        batch = runtime.eval_batch_size                                             # what eval uses
+        predict(model, images[:batch], checkpoint_normalizer(ckpt), runtime, batch)  # warm-up
         runs = []
         for _ in range(3):
             start = time.perf_counter()
-            predict(model, images, checkpoint_normalizer(ckpt), runtime)
+            predict(model, images, checkpoint_normalizer(ckpt), runtime, batch)
             runs.append((time.perf_counter() - start) / args.infer)
         per_image = min(runs)
         start = time.perf_counter()
