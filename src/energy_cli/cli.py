@@ -322,6 +322,7 @@ def _run_distributed(command: str, overrides: list[str], group) -> None:
         finally:
             if not ok and group.is_main:
                 remove_if_unused(claimed)
+        distributed.barrier()   # every rank is done with the group before any rank takes it down
     finally:
         distributed.shutdown()
 
