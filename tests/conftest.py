@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -67,6 +68,28 @@ def cli_subprocess(tmp_path):
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     return _run
+
+
+def run_main(*args: str) -> int:
+    """`energy-ood *args` in-process; its exit status."""
+    from energy_cli.cli import main
+
+    try:
+        main(list(args))
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+
+
+@contextlib.contextmanager
+def working_dir(path: Path):
+    """Run the body with `path` as the current folder (for fixtures wider than one test)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

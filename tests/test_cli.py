@@ -1,13 +1,12 @@
 """End-to-end runs of the CLI on the embedded digits data, in a temporary folder."""
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, header, read_csv
+from conftest import FAST, header, read_csv, working_dir
 from energy_cli.checkpoint import load_checkpoint
 from energy_cli.cli import main
 from energy_cli.metrics import detection_metrics
@@ -26,14 +25,9 @@ def only_dir(pattern: str, root: Path) -> Path:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """One folder with a 2-epoch pretraining run and a 1-epoch energy fine-tuning run on digits."""
-    root = tmp_path_factory.mktemp("ws")
-    old = os.getcwd()
-    os.chdir(root)
-    try:
+    with working_dir(tmp_path_factory.mktemp("ws")) as root:
         main(["train", "epochs=2", *FAST])
         main(["finetune", "epochs=1", *FAST])
-    finally:
-        os.chdir(old)
     return root
 
 

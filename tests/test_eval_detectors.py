@@ -1,7 +1,6 @@
 """`energy-ood eval` with every score (score=all: msp, maxlogit, energy, odin, mahalanobis), the
 Mahalanobis fit cache, per-score temperatures and temperature sweeps, end to end on the embedded digits."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import EmpiricalCovariance
 
-from conftest import FAST, header, read_csv
+from conftest import FAST, header, read_csv, working_dir
 from energy_cli.checkpoint import load_checkpoint
 from energy_cli.cli import main
 from energy_cli.config import validate
@@ -30,23 +29,14 @@ ALL = ["msp", "maxlogit", "energy", "odin", "mahalanobis"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A folder with a 2-epoch pretraining run on digits (its checkpoint at t/checkpoint.pt)."""
-    root = tmp_path_factory.mktemp("detectors")
-    old = os.getcwd()
-    os.chdir(root)
-    try:
+    with working_dir(tmp_path_factory.mktemp("detectors")) as root:
         main(["train", "epochs=2", "hydra.run.dir=t", *FAST])
-    finally:
-        os.chdir(old)
     return root
 
 
 def eval_run(root: Path, folder: str, *args: str) -> Path:
-    old = os.getcwd()
-    os.chdir(root)
-    try:
+    with working_dir(root):
         main(["eval", "ckpt=t/checkpoint.pt", f"hydra.run.dir={folder}", *FAST, *args])
-    finally:
-        os.chdir(old)
     return root / folder
 
 
@@ -153,13 +143,9 @@ def test_odin_with_t1_and_no_noise_equals_msp_through_the_cli(trained, capsys):
 
 
 def test_temperature_sweep_writes_one_results_file_per_job(trained, capsys):
-    old = os.getcwd()
-    os.chdir(trained)
-    try:
+    with working_dir(trained):
         main(["eval", "-m", "temperature=1,2", "ckpt=t/checkpoint.pt", "score=[msp,energy]", "--ood", "uniform",
               "save_scores=true", *FAST])
-    finally:
-        os.chdir(old)
     capsys.readouterr()
     sweep = sorted((trained / "multirun/eval").iterdir())
     assert len(sweep) == 1

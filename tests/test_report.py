@@ -1,14 +1,13 @@
 """energy-ood report PATH...: positional paths, gathering runs and sweeps, report.csv / report.md, heatmaps."""
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST, own_checkpoint, read_csv
+from conftest import FAST, own_checkpoint, read_csv, run_main as run, working_dir
 from energy_cli.cli import collect_paths, main
 from energy_cli.report import normalise, read_overrides
 from energy_cli.results import RESULT_COLUMNS
@@ -17,14 +16,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 ODD_NAMES = ["plain", "with space", "x=1,2:3", "it's", "back\\slash\\", "${not.an.interpolation}", "[brackets]",
              "a\\${b}", "quote'and\\'more"]
-
-
-def run(*args):
-    try:
-        main(list(args))
-        return 0
-    except SystemExit as exc:
-        return exc.code
 
 
 def test_positional_paths_survive_hydra_quoting(compose, tmp_path, monkeypatch):
@@ -65,10 +56,7 @@ def test_report_on_empty_folder_says_so_in_one_line(cli, tmp_path):
 def sweeps(pretrained, tmp_path_factory):
     """A finetune sweep over m_out, its checkpoints evaluated by an eval sweep over temperature, and an
     eval sweep over seed of the pretrained model (draws of 100 OOD images)."""
-    root = tmp_path_factory.mktemp("sweeps")
-    old = os.getcwd()
-    os.chdir(root)
-    try:
+    with working_dir(tmp_path_factory.mktemp("sweeps")) as root:
         ckpt = own_checkpoint(pretrained, root / "model")
         main(["finetune", "-m", f"ckpt={ckpt}", "m_out=-3,-5", "epochs=0", "hydra.sweep.dir=multirun/ft", *FAST])
         jobs = ",".join(f"multirun/ft/{i}/checkpoint.pt" for i in range(2))
@@ -76,8 +64,6 @@ def sweeps(pretrained, tmp_path_factory):
               *FAST])
         main(["eval", "-m", f"ckpt={ckpt}", "seed=0,1", "ood_samples=100", "--ood", "gaussian",
               "hydra.sweep.dir=multirun/seeds", *FAST])
-    finally:
-        os.chdir(old)
     return root
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAST, own_checkpoint, read_csv
+from conftest import FAST, own_checkpoint, read_csv, run_main as run
 from energy_cli.checkpoint import load_checkpoint
 from energy_cli.cli import main
 from energy_cli.commands.score import SCORE_COLUMNS
@@ -18,14 +18,6 @@ from energy_cli.scores import energy_score, msp_score
 from energy_cli.thresholds import read_thresholds
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def run(*args):
-    try:
-        main(list(args))
-        return 0
-    except SystemExit as exc:
-        return exc.code
 
 
 @pytest.fixture
