@@ -13,7 +13,7 @@ from energy_cli.config import validate
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.embedded import china_patches, load_digits_split
 from energy_cli.errors import UserError
-from energy_cli.losses import auto_margins
+from energy_cli.margins import auto_margins
 from energy_cli.models import build_model
 from energy_cli.scores import free_energy
 

@@ -9,7 +9,6 @@ from PIL import Image
 
 from conftest import FAST, own_checkpoint, read_csv, run_main as run
 from energy_cli.checkpoint import load_checkpoint
-from energy_cli.cli import main
 from energy_cli.commands.score import SCORE_COLUMNS
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.files import decode_image

@@ -28,28 +28,6 @@ def energy_bounded_loss(logits_in: torch.Tensor, logits_out: torch.Tensor, m_in:
     return F.relu(e_in - m_in).pow(2).mean() + F.relu(m_out - e_out).pow(2).mean()
 
 
-AUTO_OUT_PERCENTILE = 95.0
-
-
-def auto_margins(energies_in: torch.Tensor, energies_out: torch.Tensor,
-                 out_percentile: float = AUTO_OUT_PERCENTILE) -> tuple[float, float]:
-    """Margins from the starting model's free energies (m_in=auto, m_out=auto), rounded to 0.01:
-
-        m_in  = mean_i E(x_in_i)                          (the average ID energy)
-        m_out = the 95th percentile of E(x_out)           (linear interpolation between order statistics)
-
-    At the start the ID hinge then acts on the ID inputs with above-average energy, and the outlier hinge on
-    about 95% of the outliers (all those with energy below m_out). Callers must still check m_in < m_out.
-    """
-    e_in = energies_in.detach().double().flatten()
-    e_out = energies_out.detach().double().flatten()
-    if e_in.numel() == 0 or e_out.numel() == 0:
-        raise ValueError("auto margins need at least one ID and one outlier energy")
-    m_in = float(e_in.mean())
-    m_out = float(torch.quantile(e_out, out_percentile / 100.0))
-    return round(m_in, 2), round(m_out, 2)
-
-
 def outlier_exposure_loss(logits_out: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the outliers to the uniform distribution over the K classes:
 

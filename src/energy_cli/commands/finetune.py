@@ -9,64 +9,43 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
+from energy_cli import margins, resume
 from energy_cli.checkpoint import atomic_write_bytes
 from energy_cli.commands import display_path
-from energy_cli import resume
 from energy_cli.commands.common import (checkpoint_normalizer, find_checkpoint, load_model, model_from_checkpoint,
                                        train_and_save)
 from energy_cli.config import margin_value
 from energy_cli.data import id_shape, load_id, load_outliers
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.images import ImageSet
-from energy_cli.engine import Runtime, TrainSpec, mix_seed, predict, runtime_from_config, seed_everything
+from energy_cli.engine import Runtime, TrainSpec, mix_seed, runtime_from_config, seed_everything
 from energy_cli.errors import UserError
-from energy_cli.losses import AUTO_OUT_PERCENTILE, auto_margins, cross_entropy, finetune_regulariser
-from energy_cli.scores import free_energy
-
-AUTO_SAMPLES = 10_000   # images of each kind the auto margins are measured on (a seeded subset when more)
-
-
-def measure_energies(model, images: ImageSet, normalizer: Normalizer, runtime: Runtime, temperature: float,
-                     batch_size: int, seed: int) -> torch.Tensor:
-    """Free energies E(x) of (a seeded subset of at most AUTO_SAMPLES of) `images`, model in eval mode."""
-    data = images.images
-    if len(data) > AUTO_SAMPLES:
-        data = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:AUTO_SAMPLES]]
-    logits, _ = predict(model, data, normalizer, runtime, batch_size)
-    return free_energy(logits, temperature)
-
-
-def _summary(e: torch.Tensor) -> dict[str, float]:
-    e = e.double()
-    q = torch.quantile(e, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)).tolist()
-    return {"n": int(e.numel()), "mean": float(e.mean()), "p5": q[0], "median": q[1], "p95": q[2],
-            "min": float(e.min()), "max": float(e.max())}
+from energy_cli.losses import cross_entropy, finetune_regulariser
 
 
 def resolve_auto_margins(cfg: DictConfig, run_dir: Path, model, train: ImageSet, outliers: ImageSet,
                          normalizer: Normalizer, runtime: Runtime, start: Path) -> tuple[float, float, dict[str, Any]]:
-    """m_in / m_out as configured, `auto` ones measured from the starting model (losses.auto_margins);
+    """m_in / m_out as configured, `auto` ones measured from the starting model (margins.auto_margins);
     prints the measurement and writes margins.json into the run folder."""
     given_in, given_out = margin_value(cfg, "m_in"), margin_value(cfg, "m_out")
     temperature, batch = float(cfg.temperature), runtime.eval_batch_size
-    e_in = measure_energies(model, train, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 11))
-    e_out = measure_energies(model, outliers, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 12))
-    auto_in, auto_out = auto_margins(e_in, e_out)
+    e_in = margins.measure_energies(model, train, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 11))
+    e_out = margins.measure_energies(model, outliers, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 12))
+    auto_in, auto_out = margins.auto_margins(e_in, e_out)
     m_in = auto_in if given_in is None else given_in
     m_out = auto_out if given_out is None else given_out
-    stats_in, stats_out = _summary(e_in), _summary(e_out)
+    stats_in, stats_out = margins.energy_summary(e_in), margins.energy_summary(e_out)
     print(f"auto margins from {display_path(start)} at T={temperature:g}: ID train energies mean "
           f"{stats_in['mean']:.2f} (5%..95% {stats_in['p5']:.2f}..{stats_in['p95']:.2f}, n={stats_in['n']}); "
           f"{outliers.name} energies mean {stats_out['mean']:.2f} (5%..95% {stats_out['p5']:.2f}.."
           f"{stats_out['p95']:.2f}, n={stats_out['n']})")
     print(f"  -> m_in = {m_in:g} ({'auto: mean ID energy' if given_in is None else 'given'}), "
-          f"m_out = {m_out:g} ({f'auto: {AUTO_OUT_PERCENTILE:g}th percentile of the outlier energies' if given_out is None else 'given'})")
+          f"m_out = {m_out:g} ({f'auto: {margins.AUTO_OUT_PERCENTILE:g}th percentile of the outlier energies' if given_out is None else 'given'})")
     record = {
         "m_in": m_in, "m_out": m_out, "m_in_auto": given_in is None, "m_out_auto": given_out is None,
-        "rule": f"m_in = mean ID training energy, m_out = {AUTO_OUT_PERCENTILE:g}th percentile of the outlier "
+        "rule": f"m_in = mean ID training energy, m_out = {margins.AUTO_OUT_PERCENTILE:g}th percentile of the outlier "
                 "energies, of the starting model in eval mode, rounded to 0.01",
         "temperature": temperature, "start_checkpoint": str(start.resolve()), "outliers": outliers.name,
         "id_energy": stats_in, "outlier_energy": stats_out,
