@@ -97,7 +97,7 @@ CASES = [
     (["finetune", "loss=focal"], "loss=focal is not known; choose one of: energy, oe"),
     (["eval", "score=[msp,foo]"], "score=foo is not known; choose from: msp, maxlogit, energy, odin, mahalanobis or all"),
     (["eval", "--ood", "gaussian,mars"], "unknown OOD set 'mars'; choose from: "),
-    (["train", "nosuchkey=1"], "Could not override 'nosuchkey'"),
+    (["train", "nosuchkey=1"], "unknown key 'nosuchkey'; see the keys with: energy-ood train --cfg job"),
     # checkpoints: missing, damaged, foreign, code-carrying, or not matching the dataset / backbone
     (["eval", "ckpt=nowhere/checkpoint.pt"], "checkpoint not found: nowhere/checkpoint.pt"),
     (["eval", "ckpt=bad/corrupt.pt"], "bad/corrupt.pt is not a readable checkpoint"),
@@ -125,7 +125,7 @@ CASES = [
     (["train", "resume=true"], "resume=true: no interrupted `train` run with this config"),
     (["train", "resume=bad/evil.pt"], "refusing to load bad/evil.pt"),
     (["train", "-m", "resume=run", "seed=1,2"], "resume= cannot be combined with -m"),
-    (["eval", "resume=true"], "Could not override 'resume'"),
+    (["eval", "resume=true"], "unknown key 'resume'; see the keys with: energy-ood eval --cfg job"),
     # run folders that already hold an earlier run's outputs
     (["train", "hydra.run.dir=run"], "hydra.run.dir=run already holds checkpoint.pt from an earlier run"),
     (["eval", "ckpt=run/checkpoint.pt", "hydra.run.dir=ev"], "hydra.run.dir=ev already holds results.csv"),

@@ -133,7 +133,7 @@ def test_two_runs_in_the_same_second_get_their_own_folders(workspace, monkeypatc
 
 @pytest.mark.parametrize("args,message", [
     (["frobnicate"], "unknown command 'frobnicate'"),
-    (["train", "nosuchkey=1"], "Could not override 'nosuchkey'"),
+    (["train", "nosuchkey=1"], "unknown key 'nosuchkey'; see the keys with: energy-ood train --cfg job"),
     (["train", "dataset=mnist"], "dataset=mnist is not known; choose one of: cifar10, cifar100, digits"),
     (["train", "temperature=-1"], "temperature=-1 must be > 0"),
     (["eval", "--ood"], "--ood needs a comma-separated list"),

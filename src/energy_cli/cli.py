@@ -163,13 +163,18 @@ def _config_error_line(exc: BaseException) -> str:
     if missing:   # an unknown config-group choice, e.g. dataset=mnist
         group, name, options = missing.group(1), missing.group(2), missing.group(3).split()
         return f"{group}={name} is not known; choose one of: {', '.join(options)}"
+    command = sys.argv[0].split(f"{PROG}-", 1)[1] if sys.argv and sys.argv[0].startswith(f"{PROG}-") else "<command>"
+    unknown = re.search(r"Could not override '([^']+)'", str(exc))
+    if unknown and "not in struct" in f"{exc} {exc.__cause__}":   # a key no config defines (Hydra would suggest `+key=`)
+        return (f"unknown key '{unknown.group(1)}'; see the keys with: {PROG} {command} --cfg job "
+                "(a typo? keys are case-sensitive)")
     parts = [line.strip() for line in str(exc).splitlines() if line.strip()]
     cause = exc.__cause__
     if cause is not None:
         parts += [line.strip() for line in str(cause).splitlines()[:1] if line.strip()]
     text = "; ".join(dict.fromkeys(parts)) or type(exc).__name__
     if "Could not override" in text or "not in struct" in text or "Key '" in text:
-        text += f" (list the keys with: {PROG} <command> --cfg job)"
+        text += f" (list the keys with: {PROG} {command} --cfg job)"
     return text
 
 
