@@ -234,3 +234,20 @@ def test_missing_or_broken_data_is_one_line(bench, args, message, capsys):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     after = sorted(p for p in bench.rglob("*") if p.is_file())
     assert after == before                              # nothing written, no run folder left behind
+
+
+def test_paper_preset_runs_odin_and_mahalanobis(bench, capsys):
+    """experiment=cifar10_wrn (WRN-40-2) on the miniature files: train one epoch, then eval score=all."""
+    run(bench, "train", "experiment=cifar10_wrn", "epochs=1", "hydra.run.dir=runs/wrn", *FAST)
+    run(bench, "eval", "experiment=cifar10_wrn", "ckpt=runs/wrn/checkpoint.pt", "score=all", "num_to_avg=2",
+        "ood_samples=20", "hydra.run.dir=runs/wrn_eval", *FAST)
+    out = capsys.readouterr().out
+    assert "mahalanobis: fitted on" in out
+    rows = read_csv(bench / "runs/wrn_eval/results.csv")
+    assert {r["backbone"] for r in rows} == {"wrn40_2"}
+    assert [(r["score"], r["ood"]) for r in rows] == [
+        (s, o) for s in ("msp", "maxlogit", "energy", "odin", "mahalanobis") for o in SIX + ["average"]]
+    assert {r["temperature"] for r in rows if r["score"] == "odin"} == {"1000"}
+    for r in rows:
+        assert 0 <= float(r["fpr95"]) <= 100 and 0 <= float(r["auroc"]) <= 100
+    assert (bench / "runs/wrn/mahalanobis.pt").is_file()
