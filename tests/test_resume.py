@@ -17,7 +17,8 @@ import torch
 
 from conftest import FAST, REPO, read_csv
 from energy_cli.checkpoint import load_checkpoint
-from energy_cli.resume import config_differences, hydra_quote, run_lock
+from energy_cli.overrides import quote as hydra_quote
+from energy_cli.resume import config_differences, run_lock
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from energy_cli.errors import Interrupted, UserError
+from energy_cli.overrides import quote
 
 PROG = "energy-ood"
 
@@ -59,14 +60,6 @@ def config_dir() -> Path:
     raise RuntimeError(f"energy-ood's configs are missing (looked in {package / 'conf'}); reinstall the package")
 
 
-def _list_item(name: str) -> str:
-    """A list element as Hydra reads it: quoted when it holds characters Hydra's grammar reserves
-    (`~`, spaces, brackets, ... as in `folder:~/my images`)."""
-    if re.fullmatch(r"[A-Za-z0-9_\-./:+@%]+", name):
-        return name
-    return "'" + name + "'" if '"' in name else '"' + name + '"'
-
-
 def expand_shorthands(args: Sequence[str]) -> list[str]:
     """`--ood a,b` and `--ood=a,b` -> `ood=[a,b]`; everything else is passed to Hydra unchanged."""
     out: list[str] = []
@@ -84,7 +77,7 @@ def expand_shorthands(args: Sequence[str]) -> list[str]:
             names = [v.strip() for v in value.split(",") if v.strip()]
             if not names:
                 raise UserError("--ood needs a comma-separated list of OOD sets, e.g. --ood svhn,lsun")
-            out.append("ood=[" + ",".join(_list_item(n) for n in names) + "]")
+            out.append("ood=[" + ",".join(quote(n, mark='"') for n in names) + "]")
         else:
             out.append(arg)
         i += 1
@@ -95,14 +88,6 @@ def expand_shorthands(args: Sequence[str]) -> list[str]:
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                      "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
 _INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-
-
-def hydra_quote(text: str) -> str:
-    """`text` as a single-quoted value of Hydra's override grammar that reads back unchanged: any characters
-    (spaces, = , : [ ] quotes, backslashes) survive, and `${` is escaped so OmegaConf does not interpolate."""
-    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)         # OmegaConf: \${ is literal
-    text = re.sub(r"(\\*)('|\Z)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)  # Hydra
-    return f"'{text}'"
 
 
 def collect_paths(command: str, args: Sequence[str]) -> list[str]:
@@ -135,7 +120,7 @@ def collect_paths(command: str, args: Sequence[str]) -> list[str]:
     if paths:
         if any(a.lstrip("+").startswith(f"{key}=") for a in out):
             raise UserError(f"give the paths either as arguments or as {key}=[...], not both")
-        out.append(f"{key}=[" + ",".join(hydra_quote(p) for p in paths) + "]")
+        out.append(f"{key}=[" + ",".join(quote(p) for p in paths) + "]")
     return out
 
 

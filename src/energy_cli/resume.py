@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shlex
 import signal
 import sys
@@ -30,6 +29,7 @@ from typing import Any, Iterator, Sequence
 
 from energy_cli import checkpoint as ckpt_io
 from energy_cli.errors import UserError
+from energy_cli.overrides import key_of, last_value, quote
 
 # Keys a resumed run may change: where and how fast it computes, what it prints, how often it saves.
 VOLATILE_KEYS = ("resume", "device", "precision", "progress", "eval_batch_size", "data_root", "download",
@@ -42,36 +42,16 @@ _SEARCH = ("true", "auto")
 
 # --------------------------------------------------------------------------- overrides on the command line
 
-def _key(override: str) -> str:
-    """The key an override sets: `+a.b=1` -> `a.b`, `~a` -> `a`."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _unquote(value: str) -> str:
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1].replace("\\" + value[0], value[0]).replace("\\\\", "\\")
-    return value
-
-
-def hydra_quote(value: str) -> str:
-    """A string as a Hydra override value: unchanged when plain, else single-quoted with escapes."""
-    if re.fullmatch(r"[A-Za-z0-9_./:@+-]+", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def resume_value(args: Sequence[str]) -> str | None:
     """The value of the last `resume=` override in `args` (unquoted), or None."""
-    values = [_unquote(a.split("=", 1)[1]) for a in args if not a.startswith("-") and _key(a) == "resume" and "=" in a]
-    return values[-1] if values else None
+    return last_value(args, "resume")
 
 
 def resume_command(command: str, path: Path) -> str:
     """The shell command that continues the run whose checkpoint is `path`."""
     from energy_cli.commands import display_path
 
-    return f"energy-ood {command} " + shlex.quote(f"resume={hydra_quote(display_path(path))}")
+    return f"energy-ood {command} " + shlex.quote(f"resume={quote(display_path(path))}")
 
 
 # --------------------------------------------------------------------------- comparing configs
@@ -174,8 +154,8 @@ def composed_config(command: str, args: Sequence[str]) -> dict[str, Any]:
 
     from energy_cli.cli import config_dir
 
-    overrides = [a for a in args if not a.startswith("-") and not _key(a).startswith("hydra.")
-                 and _key(a) != "resume"]
+    overrides = [a for a in args if not a.startswith("-") and not key_of(a).startswith("hydra.")
+                 and key_of(a) != "resume"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name=command, overrides=overrides)
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
@@ -213,7 +193,7 @@ def plan(command: str, args: Sequence[str]) -> list[str]:
     if is_multirun(args):
         raise UserError("resume= cannot be combined with -m; resume each job of a sweep on its own with "
                         "resume=PATH_TO_ITS_checkpoint.pt")
-    if any(_key(a) in ("hydra.run.dir", "hydra.output_subdir") for a in args):
+    if any(key_of(a) in ("hydra.run.dir", "hydra.output_subdir") for a in args):
         raise UserError("a resumed run continues in the interrupted run's own folder; drop hydra.run.dir= "
                         "(and hydra.output_subdir=)")
     if value.lower() in _SEARCH:
@@ -221,7 +201,7 @@ def plan(command: str, args: Sequence[str]) -> list[str]:
         if path is None:
             if value.lower() == "auto":
                 print(f"energy-ood {command}: no interrupted run with this config to resume; starting a new run")
-                return [a for a in args if _key(a) != "resume"]
+                return [a for a in args if key_of(a) != "resume"]
             raise UserError(f"resume=true: no interrupted `{command}` run with this config under outputs/ or "
                             "multirun/ here; pass resume=PATH to a checkpoint.pt, or drop resume= to start anew")
     else:
@@ -229,10 +209,10 @@ def plan(command: str, args: Sequence[str]) -> list[str]:
     ckpt = ckpt_io.load_checkpoint(path)
     _check_resumable(command, path, ckpt)
     path = path.resolve()
-    earlier = [o for o in ckpt.get("overrides", []) if _key(o) != "resume" and not _key(o).startswith("hydra.")]
-    now = [a for a in args if _key(a) != "resume"]
-    return [*earlier, *now, f"resume={hydra_quote(str(path))}",
-            f"hydra.run.dir={hydra_quote(str(path.parent))}", "hydra.output_subdir=null"]
+    earlier = [o for o in ckpt.get("overrides", []) if key_of(o) != "resume" and not key_of(o).startswith("hydra.")]
+    now = [a for a in args if key_of(a) != "resume"]
+    return [*earlier, *now, f"resume={quote(str(path))}",
+            f"hydra.run.dir={quote(str(path.parent))}", "hydra.output_subdir=null"]
 
 
 # --------------------------------------------------------------------------- inside the run

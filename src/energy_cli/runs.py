@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from energy_cli.overrides import last_value, sets_key
+
 RUN_ROOT, SWEEP_ROOT = "outputs", "multirun"
 STAMP = "%Y-%m-%d_%H-%M-%S"
 
@@ -27,10 +29,6 @@ def is_multirun(args: Sequence[str]) -> bool:
 
 def starts_a_job(args: Sequence[str]) -> bool:
     return not any(a in _INFO_FLAGS or a.startswith(("--cfg=", "--info=")) for a in args)
-
-
-def _names_key(args: Sequence[str], key: str) -> bool:
-    return any(a.lstrip("+~").startswith(key + "=") for a in args)
 
 
 def claim_folder(parent: Path, stamp: str | None = None) -> Path:
@@ -55,21 +53,11 @@ def with_run_folder(command: str, args: Sequence[str]) -> tuple[list[str], Path 
         return args, None
     multirun = is_multirun(args)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    if _names_key(args, key):
+    if sets_key(args, key):
         check_unused(args, key)
         return args, None
     folder = claim_folder(Path(SWEEP_ROOT if multirun else RUN_ROOT) / command)
     return [*args, f"{key}={folder.as_posix()}"], folder
-
-
-def _value(args: Sequence[str], key: str) -> str | None:
-    values = [a.split("=", 1)[1] for a in args if a.lstrip("+~").startswith(key + "=")]
-    if not values:
-        return None
-    value = values[-1].strip()
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1]
-    return value
 
 
 def check_unused(args: Sequence[str], key: str) -> None:
@@ -78,10 +66,10 @@ def check_unused(args: Sequence[str], key: str) -> None:
     its own folder and passes resume=)."""
     from energy_cli.errors import UserError
 
-    folder = _value(args, key)
-    if folder is None or "${" in folder or _value(args, "resume") not in (None, "null", "false"):
+    folder = last_value(args, key)
+    if folder is None or "${" in folder or last_value(args, "resume") not in (None, "null", "false"):
         return
-    if str(_value(args, "overwrite")).lower() == "true":
+    if str(last_value(args, "overwrite")).lower() == "true":
         return
     found = earlier_outputs(Path(folder).expanduser())
     if found:
