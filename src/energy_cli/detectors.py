@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from energy_cli.data.batches import Normalizer, index_batches
 from energy_cli.data.images import ImageSet
-from energy_cli.engine import Runtime, is_compiled, predict
+from energy_cli.engine import Runtime, device_batches, eval_mode, is_compiled, predict
 from energy_cli.models import Classifier
 from energy_cli.scores import (LOGIT_SCORES, GaussianFit, distance_to_class, fit_class_gaussians,
                                mahalanobis_distances, mahalanobis_score, odin_score)
@@ -244,26 +244,15 @@ def score_images(model: Classifier, images: torch.Tensor, detectors: Sequence[De
     Returns the fp32 logits (N, K) and {detector name: fp32 scores (N,)}, on the CPU. Each batch is
     forwarded once for all detectors; perturbing detectors add their own gradient and forward passes.
     """
-    was_training = model.training
-    model.eval()
-    norm = normalizer.to(runtime.device)
-    pin = runtime.device.type == "cuda" and images.device.type == "cpu"
     with_features = any(d.needs_features for d in detectors)
-    # a compiled model runs through model(x) (forward_with_features stays eager); keep its batch shape fixed
-    pad = is_compiled(model) and not with_features and len(images) > batch_size
+    # a compiled model runs through model(x) (forward_with_features stays eager): keep its batch shape fixed
+    pad = is_compiled(model) and not with_features
     # inference_mode is the faster of the two, but its tensors cannot enter autograd (input perturbation)
     no_grad = torch.no_grad if any(d.needs_input_grad for d in detectors) else torch.inference_mode
     logits_parts: list[torch.Tensor] = []
     score_parts: dict[str, list[torch.Tensor]] = {d.name: [] for d in detectors}
-    try:
-        for sl in index_batches(len(images), batch_size):
-            chunk = images[sl]
-            n = len(chunk)
-            if pad and n < batch_size:
-                chunk = torch.cat([chunk, chunk.new_zeros((batch_size - n, *chunk.shape[1:]))])
-            if pin:
-                chunk = chunk.pin_memory()
-            x = norm(chunk.to(runtime.device, non_blocking=True), runtime.memory_format)
+    with eval_mode(model):
+        for x, n in device_batches(images, normalizer, runtime, batch_size, pad):
             with no_grad(), runtime.autocast():
                 if with_features:
                     logits, feats = model.forward_with_features(x)
@@ -274,8 +263,6 @@ def score_images(model: Classifier, images: torch.Tensor, detectors: Sequence[De
             logits_parts.append(batch.logits.cpu())
             for det in detectors:
                 score_parts[det.name].append(det.score(batch).float().cpu())
-    finally:
-        model.train(was_training)
     num_classes = model.fc.out_features
     logits = torch.cat(logits_parts) if logits_parts else torch.zeros((0, num_classes))
     return logits, {name: torch.cat(p) if p else torch.zeros(0) for name, p in score_parts.items()}

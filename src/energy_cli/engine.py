@@ -16,7 +16,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -212,26 +212,43 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- inference
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the body, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def device_batches(images: torch.Tensor, normalizer: Normalizer, runtime: Runtime, batch_size: int,
+                   pad_to_batch: bool = False) -> Iterator[tuple[torch.Tensor, int]]:
+    """Normalised batches of uint8 images on the device, in the runtime's memory format (pinned, non-blocking
+    copies from the CPU to a GPU). Yields (x, n): n real rows; with pad_to_batch a short last batch is
+    zero-padded to batch_size, so that a compiled model sees one shape and does not recompile."""
+    norm = normalizer.to(runtime.device)
+    pin = runtime.device.type == "cuda" and images.device.type == "cpu"
+    pad = pad_to_batch and len(images) > batch_size
+    for sl in index_batches(len(images), batch_size):
+        batch = images[sl]
+        n = len(batch)
+        if pad and n < batch_size:
+            batch = torch.cat([batch, batch.new_zeros((batch_size - n, *batch.shape[1:]))])
+        if pin:
+            batch = batch.pin_memory()
+        yield norm(batch.to(runtime.device, non_blocking=True), runtime.memory_format), n
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, runtime: Runtime,
             batch_size: int = 1024, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits (fp32, on the CPU) of uint8 images, in eval mode; with features=True also the penultimate
     features. One forward pass per batch; images may live on the CPU or on the device."""
-    was_training = model.training
-    model.eval()
-    norm = normalizer.to(runtime.device)
     logits_parts, feat_parts = [], []
-    pin = runtime.device.type == "cuda" and images.device.type == "cpu"
-    pad_last = is_compiled(model) and not features  # keep one batch shape: no recompilation for the last batch
-    try:
-        for sl in index_batches(len(images), batch_size):
-            batch = images[sl]
-            n = len(batch)
-            if pad_last and n < batch_size and len(images) > batch_size:
-                batch = torch.cat([batch, batch.new_zeros((batch_size - n, *batch.shape[1:]))])
-            if pin:
-                batch = batch.pin_memory()
-            x = norm(batch.to(runtime.device, non_blocking=True), runtime.memory_format)
+    with eval_mode(model):
+        for x, n in device_batches(images, normalizer, runtime, batch_size, is_compiled(model) and not features):
             with runtime.autocast():
                 if features:
                     logits, feats = model.forward_with_features(x)
@@ -241,8 +258,6 @@ def predict(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, runt
             logits_parts.append(logits[:n].float().to("cpu", non_blocking=True))
         if runtime.device.type == "cuda":
             torch.cuda.synchronize(runtime.device)
-    finally:
-        model.train(was_training)
     num_classes = model.fc.out_features
     logits = torch.cat(logits_parts) if logits_parts else torch.zeros((0, num_classes))
     feats = (torch.cat(feat_parts) if feat_parts else torch.zeros((0, model.feature_dim))) if features else None
