@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from energy_cli.data import catalog, cifar, embedded, folders, svhn, synthetic, tinyimages
 from energy_cli.data.images import ImageSet, adapt
@@ -113,14 +113,9 @@ def canonical_ood_name(name: str) -> str:
 
 def resolve_ood_names(requested: str | Iterable[str] | None, dataset: DictConfig) -> list[str]:
     """The `ood` key -> validated list of set names; `all` expands to the dataset's benchmark list."""
-    if requested is None:
-        names: list[str] = list(dataset.ood)
-    elif isinstance(requested, str):
-        names = [n.strip() for n in requested.split(",") if n.strip()]
-    elif isinstance(requested, (list, tuple, ListConfig)):
-        names = [str(n).strip() for n in requested]
-    else:
-        raise UserError(f"ood must be a list of OOD set names, got {requested!r}")
+    from energy_cli.config import as_list
+
+    names = list(dataset.ood) if requested is None else as_list(requested)
     expanded: list[str] = []
     for name in names:
         if name == "all":
