@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -74,6 +75,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def file_part(text: str, empty: str = "_") -> str:
+    """`text` made safe inside a file name: every run of characters other than letters, digits, `_`, `.`
+    and `-` becomes one `_` (an OOD set `folder:/my imgs` -> `folder_my_imgs`)."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or empty
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

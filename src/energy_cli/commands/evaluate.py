@@ -9,7 +9,6 @@ set once per checkpoint, the fit cached in `mahalanobis.pt` next to the checkpoi
 from __future__ import annotations
 
 import hashlib
-import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -137,10 +136,6 @@ def store_thresholds(id_scores: dict[str, np.ndarray], temperatures: dict[str, f
     return found
 
 
-def _file_part(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name)
-
-
 def draw_plots(run_dir: Path, scores: dict[str, dict[str, np.ndarray]], score_names: list[str],
                ood_names: list[str], thresholds: dict[str, tuple[float, float]], title: str) -> list[Path]:
     """hist_<set>.png (ID vs the set, one panel per score, energy first as in the paper's Figure 1) and
@@ -150,7 +145,7 @@ def draw_plots(run_dir: Path, scores: dict[str, dict[str, np.ndarray]], score_na
     order = sorted(score_names, key=lambda s: (s != "energy", s != "msp"))
     written = []
     for name in ood_names:
-        hist, roc = run_dir / f"hist_{_file_part(name)}.png", run_dir / f"roc_{_file_part(name)}.png"
+        hist, roc = run_dir / f"hist_{ckpt_io.file_part(name)}.png", run_dir / f"roc_{ckpt_io.file_part(name)}.png"
         plots.score_histograms(hist, {s: scores["id"][s] for s in order}, {s: scores[name][s] for s in order}, name,
                                {s: thresholds[s][0] for s in order}, f"{title}: ID vs {name}")
         curves = {s: roc_points(scores["id"][s], scores[name][s]) for s in order}

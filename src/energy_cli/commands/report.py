@@ -5,22 +5,17 @@ summary; draws a heatmap per table when the runs vary exactly two settings."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from energy_cli import report
-from energy_cli.checkpoint import atomic_write_bytes
+from energy_cli.checkpoint import atomic_write_bytes, file_part
 from energy_cli.commands import display_path
 from energy_cli.config import as_list
 from energy_cli.errors import UserError
 from energy_cli.results import write_csv
 from energy_cli.runs import RUN_ROOT, SWEEP_ROOT
-
-
-def _file_part(text: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", text).strip("_")
 
 
 def draw_heatmaps(tables: list[report.Table], run_dir: Path) -> dict[str, str]:
@@ -37,7 +32,7 @@ def draw_heatmaps(tables: list[report.Table], run_dir: Path) -> dict[str, str]:
         parts = ([table.dataset, table.backbone] if multi else []) + [table.stage, table.score]
         if len({t.sets for t, _ in grids if (t.stage, t.score) == (table.stage, table.score)}) > 1:
             parts.append(f"{len(table.sets)}sets")
-        name = "heatmap_" + "_".join(_file_part(p) for p in parts) + ".png"
+        name = "heatmap_" + "_".join(file_part(p) for p in parts) + ".png"
         plots.heatmap(run_dir / name, grid, rows, cols, table.keys[0], table.keys[1],
                       f"{table.title}\naverage FPR95 over the OOD sets")
         written[table.title] = name

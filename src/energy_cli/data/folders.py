@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from energy_cli.checkpoint import atomic_write_bytes
+from energy_cli.checkpoint import atomic_write_bytes, file_part
 from energy_cli.data import files
 from energy_cli.data.images import ImageSet
 from energy_cli.errors import UserError
@@ -39,7 +39,7 @@ def cache_key(root: Path, paths: list[Path], shape: tuple[int, int, int]) -> str
 
 
 def cache_file(cache_dir: str | Path, name: str, shape: tuple[int, int, int], key: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "folder"
+    safe = file_part(name, empty="folder")
     c, s, _ = shape
     return Path(cache_dir).expanduser() / f"{safe}-{c}x{s}x{s}-{key}.npy"
 
