@@ -33,12 +33,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from energy_cli.data.batches import Normalizer  # noqa: E402
 from energy_cli.data.images import ImageSet  # noqa: E402
-from energy_cli.detectors import build_detectors, score_images  # noqa: E402
-from energy_cli.engine import (LoopState, Runtime, TrainSpec, fit, make_optimizer, make_scheduler,  # noqa: E402
-                               prepare_model, resolve_device, resolve_eval_batch_size, resolve_precision,
-                               set_threads)
-from energy_cli.metrics import draw_indices, metrics_over_draws  # noqa: E402
+from energy_cli.detectors import build_detectors
+from energy_cli.detectors.scoring import score_images
+from energy_cli.engine.loop import (
+    LoopState,
+    TrainSpec,
+    fit,
+    make_optimizer,
+    make_scheduler,
+)
+from energy_cli.engine.runtime import (
+    Runtime,
+    prepare_model,
+    resolve_device,
+    resolve_eval_batch_size,
+    resolve_precision,
+    set_threads,
+)
 from energy_cli.models import build_model  # noqa: E402
+from energy_cli.ood.metrics import draw_indices, metrics_over_draws
 
 MEAN = (0.4914, 0.4824, 0.4467)
 STD = (0.2471, 0.2435, 0.2616)

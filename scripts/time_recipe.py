@@ -77,11 +77,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
-    from energy_cli.commands.common import checkpoint_normalizer, load_model
-    from energy_cli.data import folders
-    from energy_cli.engine import predict, runtime_from_config
     from omegaconf import OmegaConf
+
+    from energy_cli.commands.checkpoints import checkpoint_normalizer, load_model
+    from energy_cli.data import folders
+    from energy_cli.engine.inference import predict
+    from energy_cli.engine.runtime import runtime_from_config
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

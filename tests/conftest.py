@@ -29,7 +29,7 @@ def compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from energy_cli.cli import config_dir
+    from energy_cli.config.paths import config_dir
 
     def _compose(command: str, overrides=()):
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -121,3 +121,10 @@ def own_checkpoint(source: Path, folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy2(source, folder / "checkpoint.pt"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests under tests/cli/ run whole commands: they belong to the slow tier unless marked `smoke`."""
+    for item in items:
+        if "/tests/cli/" in str(item.path).replace("\\", "/") and item.get_closest_marker("smoke") is None:
+            item.add_marker(pytest.mark.slow)

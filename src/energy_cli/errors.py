@@ -4,6 +4,8 @@ The CLI prints it as a single line, `energy-ood: error: <message>`, and exits wi
 is a bug and keeps its traceback.
 """
 
+import sys
+
 
 class UserError(Exception):
     """A problem with the user's input; the message says what to do about it."""
@@ -16,3 +18,13 @@ class Interrupted(Exception):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+
+
+PROG = "energy-ood"
+
+def fail(message: str, status: int = 2) -> None:
+    """Print one line to stderr and exit: the way every user error ends."""
+    message = " ".join(message.split())
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(status)

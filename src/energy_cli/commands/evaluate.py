@@ -16,35 +16,35 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from energy_cli import checkpoint as ckpt_io
-from energy_cli.commands import display_path
-from energy_cli.commands.common import STAGES, checkpoint_normalizer, find_checkpoint, load_model
-from energy_cli.config import as_list
+from energy_cli.commands.checkpoints import (
+    STAGES,
+    checkpoint_normalizer,
+    find_checkpoint,
+    load_model,
+)
 from energy_cli.data import id_shape, load_id, load_ood, resolve_ood_names
 from energy_cli.data.images import ImageSet
-from energy_cli.detectors import DETECTOR_NAMES, Detector, build_detectors, score_images
-from energy_cli.engine import Runtime, accuracy, mix_seed, runtime_from_config, seed_everything
-from energy_cli.errors import UserError
-from energy_cli.metrics import (METRIC_NAMES, acceptance_rate, auroc, draw_indices, fpr_at_tpr, metrics_over_draws,
-                                roc_points, threshold_at_tpr)
-from energy_cli.results import format_table, write_results, write_scores
-from energy_cli.thresholds import FILENAME as THRESHOLDS_FILE
-from energy_cli.thresholds import TPR, thresholds_document, write_thresholds
-
-SCORE_NAMES = list(DETECTOR_NAMES)   # msp, maxlogit, energy, odin, mahalanobis: the order of `score=all`
-
-
-def resolve_score_names(value: Any) -> list[str]:
-    """The `score` key -> validated list; `all` = every score."""
-    names: list[str] = []
-    for name in as_list(value):
-        names += SCORE_NAMES if name == "all" else [name]
-    unknown = [n for n in names if n not in SCORE_NAMES]
-    if unknown:
-        raise UserError(f"score={unknown[0]} is not known; choose from: {', '.join(SCORE_NAMES)} or all")
-    if not names:
-        raise UserError(f"score is empty; choose from: {', '.join(SCORE_NAMES)} or all")
-    return list(dict.fromkeys(names))
+from energy_cli.detectors import build_detectors, resolve_score_names
+from energy_cli.detectors.base import Detector
+from energy_cli.detectors.scoring import score_images
+from energy_cli.engine.inference import accuracy
+from energy_cli.engine.runtime import Runtime, runtime_from_config
+from energy_cli.engine.seeding import mix_seed, seed_everything
+from energy_cli.ood.metrics import (
+    METRIC_NAMES,
+    acceptance_rate,
+    auroc,
+    draw_indices,
+    fpr_at_tpr,
+    metrics_over_draws,
+    roc_points,
+    threshold_at_tpr,
+)
+from energy_cli.runs import checkpoint as ckpt_io
+from energy_cli.runs.folders import display_path
+from energy_cli.runs.outputs import format_table, write_results, write_scores
+from energy_cli.runs.thresholds import FILENAME as THRESHOLDS_FILE
+from energy_cli.runs.thresholds import TPR, thresholds_document, write_thresholds
 
 
 def fit_key(ckpt_path: Path, train: ImageSet, runtime: Runtime) -> str:
@@ -140,7 +140,7 @@ def draw_plots(run_dir: Path, scores: dict[str, dict[str, np.ndarray]], score_na
                ood_names: list[str], thresholds: dict[str, tuple[float, float]], title: str) -> list[Path]:
     """hist_<set>.png (ID vs the set, one panel per score, energy first as in the paper's Figure 1) and
     roc_<set>.png (one curve per score, the 95% ID TPR threshold marked), computed from every scored image."""
-    from energy_cli import plots
+    from energy_cli.reporting import plots
 
     order = sorted(score_names, key=lambda s: (s != "energy", s != "msp"))
     written = []

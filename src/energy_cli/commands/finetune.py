@@ -11,18 +11,27 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from energy_cli import margins, resume
-from energy_cli.checkpoint import atomic_write_bytes
-from energy_cli.commands import display_path
-from energy_cli.commands.common import (checkpoint_normalizer, find_checkpoint, load_model, model_from_checkpoint,
-                                       train_and_save)
-from energy_cli.config import margin_value
+from energy_cli.commands.checkpoints import (
+    checkpoint_normalizer,
+    find_checkpoint,
+    load_model,
+    model_from_checkpoint,
+)
+from energy_cli.commands.training import train_and_save
+from energy_cli.commands.validate import margin_value
 from energy_cli.data import id_shape, load_id, load_outliers
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.images import ImageSet
-from energy_cli.engine import Runtime, TrainSpec, mix_seed, runtime_from_config, seed_everything
+from energy_cli.engine.inference import measure_energies
+from energy_cli.engine.loop import TrainSpec
+from energy_cli.engine.runtime import Runtime, runtime_from_config
+from energy_cli.engine.seeding import mix_seed, seed_everything
 from energy_cli.errors import UserError
-from energy_cli.losses import cross_entropy, finetune_regulariser
+from energy_cli.ood import margins
+from energy_cli.ood.losses import cross_entropy, finetune_regulariser
+from energy_cli.runs import resume
+from energy_cli.runs.checkpoint import atomic_write_bytes
+from energy_cli.runs.folders import display_path
 
 
 def resolve_auto_margins(cfg: DictConfig, run_dir: Path, model, train: ImageSet, outliers: ImageSet,
@@ -31,8 +40,8 @@ def resolve_auto_margins(cfg: DictConfig, run_dir: Path, model, train: ImageSet,
     prints the measurement and writes margins.json into the run folder."""
     given_in, given_out = margin_value(cfg, "m_in"), margin_value(cfg, "m_out")
     temperature, batch = float(cfg.temperature), runtime.eval_batch_size
-    e_in = margins.measure_energies(model, train, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 11))
-    e_out = margins.measure_energies(model, outliers, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 12))
+    e_in = measure_energies(model, train, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 11))
+    e_out = measure_energies(model, outliers, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 12))
     auto_in, auto_out = margins.auto_margins(e_in, e_out)
     m_in = auto_in if given_in is None else given_in
     m_out = auto_out if given_out is None else given_out

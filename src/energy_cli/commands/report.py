@@ -9,22 +9,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from energy_cli import report
-from energy_cli.checkpoint import atomic_write_bytes, file_part
-from energy_cli.commands import display_path
-from energy_cli.config import as_list
+from energy_cli.config.overrides import as_list
 from energy_cli.errors import UserError
-from energy_cli.results import write_csv
-from energy_cli.runs import RUN_ROOT, SWEEP_ROOT
+from energy_cli.reporting import gather, render
+from energy_cli.reporting import tables as report_tables
+from energy_cli.runs.checkpoint import atomic_write_bytes, file_part
+from energy_cli.runs.folders import RUN_ROOT, SWEEP_ROOT, display_path
+from energy_cli.runs.outputs import write_csv
 
 
-def draw_heatmaps(tables: list[report.Table], run_dir: Path) -> dict[str, str]:
+def draw_heatmaps(tables: list[report_tables.Table], run_dir: Path) -> dict[str, str]:
     """heatmap_<...>.png of the average FPR95 over the two varying settings, per table that has them."""
-    grids = [(t, report.heatmap_grid(t)) for t in tables]
+    grids = [(t, report_tables.heatmap_grid(t)) for t in tables]
     grids = [(t, g) for t, g in grids if g is not None]
     if not grids:
         return {}
-    from energy_cli import plots
+    from energy_cli.reporting import plots
 
     multi = len({(t.dataset, t.backbone) for t, _ in grids}) > 1
     written = {}
@@ -39,31 +39,31 @@ def draw_heatmaps(tables: list[report.Table], run_dir: Path) -> dict[str, str]:
     return written
 
 
-def run(cfg: DictConfig, run_dir: Path) -> list[report.Table]:
+def run(cfg: DictConfig, run_dir: Path) -> list[report_tables.Table]:
     sources = as_list(cfg.paths)
     if not sources:
         sources = [p for p in (RUN_ROOT, SWEEP_ROOT) if Path(p).is_dir()]
         if not sources:
             raise UserError(f"no results to report: no {RUN_ROOT}/ or {SWEEP_ROOT}/ folder here; "
                             "name the runs: energy-ood report PATH...")
-    runs, skipped = report.load_runs(sources)
+    runs, skipped = gather.load_runs(sources)
     for note in skipped:
         print(f"skipped {note}")
     if not runs:
         raise UserError(f"no results.csv under {', '.join(sources)}: nothing to report "
                         "(run `energy-ood eval` first, or name the folders that hold its runs)")
-    columns = report.setting_columns(runs)
-    tables = report.build_tables(runs)
+    columns = gather.setting_columns(runs)
+    tables = report_tables.build_tables(runs)
     varying = list(dict.fromkeys(k for t in tables for k in t.keys + (["seed"] if len(t.seeds) > 1 else [])))
     print(f"{len(runs)} eval runs under {', '.join(sources)}"
           + (f"; settings that vary: {', '.join(varying)}" if varying else ""))
 
-    rows, csv_columns = report.report_rows(runs, columns, display_path)
+    rows, csv_columns = report_tables.report_rows(runs, columns, display_path)
     write_csv(run_dir / "report.csv", rows, csv_columns)
     pictures = draw_heatmaps(tables, run_dir) if cfg.plots else {}
-    text = report.markdown(tables, runs, sources, pictures)
+    text = render.markdown(tables, runs, sources, pictures)
     atomic_write_bytes(run_dir / "report.md", text.encode())
-    print(report.console(tables))
+    print(render.console(tables))
     written = ["report.csv", "report.md", *pictures.values()]
     print(f"wrote {', '.join(display_path(run_dir / name) for name in written)}")
     return tables

@@ -12,16 +12,23 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from energy_cli.commands import display_path
-from energy_cli.commands.common import STAGES, checkpoint_normalizer, find_checkpoint, load_model
-from energy_cli.config import as_list
+from energy_cli.commands.checkpoints import (
+    STAGES,
+    checkpoint_normalizer,
+    find_checkpoint,
+    load_model,
+)
+from energy_cli.config.overrides import as_list
 from energy_cli.data.files import expand_paths, load_image_files
-from energy_cli.engine import predict, runtime_from_config, seed_everything
+from energy_cli.engine.inference import predict
+from energy_cli.engine.runtime import runtime_from_config
+from energy_cli.engine.seeding import seed_everything
 from energy_cli.errors import UserError
-from energy_cli.results import write_csv
-from energy_cli.scores import energy_score, msp_score
-from energy_cli.thresholds import FILENAME as THRESHOLDS_FILE
-from energy_cli.thresholds import read_thresholds
+from energy_cli.ood.scores import energy_score, msp_score
+from energy_cli.runs.folders import display_path
+from energy_cli.runs.outputs import write_csv
+from energy_cli.runs.thresholds import FILENAME as THRESHOLDS_FILE
+from energy_cli.runs.thresholds import read_thresholds
 
 SCORE_COLUMNS = ["path", "class", "softmax", "energy_score", "ood"]
 UNREADABLE_COLUMNS = ["path", "reason"]

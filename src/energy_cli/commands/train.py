@@ -6,12 +6,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from energy_cli import resume
-from energy_cli.commands.common import dataset_normalizer, train_and_save
+from energy_cli.commands.checkpoints import dataset_normalizer
+from energy_cli.commands.training import train_and_save
 from energy_cli.data import load_id
-from energy_cli.engine import TrainSpec, runtime_from_config, seed_everything
-from energy_cli.losses import cross_entropy
+from energy_cli.engine.loop import TrainSpec
+from energy_cli.engine.runtime import runtime_from_config
+from energy_cli.engine.seeding import seed_everything
 from energy_cli.models import build_model
+from energy_cli.ood.losses import cross_entropy
+from energy_cli.runs import resume
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:

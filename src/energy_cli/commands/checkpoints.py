@@ -1,0 +1,108 @@
+"""Checkpoints for the commands: finding the one to start from or evaluate, checking it fits the config,
+loading it into a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from energy_cli.data.batches import Normalizer
+from energy_cli.engine.runtime import Runtime, prepare_model
+from energy_cli.errors import UserError
+from energy_cli.models import Classifier, build_model
+from energy_cli.runs import checkpoint as ckpt_io
+from energy_cli.runs.folders import display_path, search_roots
+
+STAGES = ("pretrain", "energy", "oe")
+
+
+def dataset_normalizer(cfg: DictConfig) -> Normalizer:
+    return Normalizer(cfg.dataset.mean, cfg.dataset.std)
+
+
+def checkpoint_normalizer(ckpt: dict[str, Any]) -> Normalizer:
+    return Normalizer(ckpt["mean"], ckpt["std"])
+
+
+def find_checkpoint(cfg: DictConfig, stages: Iterable[str], what: str) -> Path:
+    """`ckpt=` when given, else the newest finished run of this dataset and backbone in one of `stages`."""
+    if cfg.get("ckpt"):
+        return Path(str(cfg.ckpt)).expanduser()
+    stages = tuple(stages)
+    dataset, backbone = cfg.dataset.name, cfg.backbone.name
+
+    def matches(c: dict[str, Any]) -> bool:
+        return (c.get("dataset") == dataset and c.get("backbone", {}).get("name") == backbone
+                and c.get("stage") in stages and bool(c.get("finished")))
+
+    found = ckpt_io.find_newest(search_roots(), matches)
+    if found is None:
+        raise UserError(f"no finished {what} run of dataset={dataset} backbone={backbone} under outputs/ or "
+                        f"multirun/ here; run `energy-ood train dataset={dataset} backbone={backbone}` first "
+                        "or pass ckpt=PATH")
+    return found
+
+
+HEADER_KEYS = ("dataset", "backbone", "num_classes", "in_channels", "image_size", "mean", "std", "stage")
+
+
+def check_compatible(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """The checkpoint must have been trained on this dataset (classes, channels, size) with this backbone
+    (its name, and any backbone.* option given on the command line; other options come from the checkpoint)."""
+    missing = [k for k in HEADER_KEYS if k not in ckpt] or ([] if isinstance(ckpt["backbone"], dict) else ["backbone"])
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: it was not written by energy-ood train or finetune")
+    d = cfg.dataset
+    if ckpt.get("dataset") != d.name:
+        raise UserError(f"{path} was trained on dataset={ckpt.get('dataset')}, not {d.name}; "
+                        f"add dataset={ckpt.get('dataset')}")
+    if ckpt["backbone"].get("name") != cfg.backbone.name:
+        raise UserError(f"{path} holds backbone={ckpt['backbone'].get('name')}, not {cfg.backbone.name}; "
+                        f"add backbone={ckpt['backbone'].get('name')}")
+    wanted = OmegaConf.to_container(cfg.backbone, resolve=True)
+    typed = {o.split("=", 1)[0].lstrip("+~").split(".", 1)[1] for o in task_overrides()
+             if o.lstrip("+~").startswith("backbone.")}
+    for key in sorted(set(wanted) & set(ckpt["backbone"]) & typed):   # options the user asked for
+        if wanted[key] != ckpt["backbone"][key]:
+            raise UserError(f"{path} holds a {cfg.backbone.name} with backbone.{key}={ckpt['backbone'][key]}, "
+                            f"not {wanted[key]}; add backbone.{key}={ckpt['backbone'][key]} or drop that override")
+    shape = (ckpt.get("num_classes"), ckpt.get("in_channels"), ckpt.get("image_size"))
+    want = (int(d.num_classes), int(d.channels), int(d.image_size))
+    if shape != want:
+        raise UserError(f"{path} expects {shape[0]} classes and {shape[1]}x{shape[2]}x{shape[2]} images, but "
+                        f"dataset={d.name} has {want[0]} classes and {want[1]}x{want[2]}x{want[2]} images")
+
+
+def load_model(path: Path, cfg: DictConfig, runtime: Runtime) -> tuple[Classifier, dict[str, Any]]:
+    """Load a checkpoint, check it fits the config, rebuild its model on the device."""
+    ckpt = ckpt_io.load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, cfg, path, runtime)
+    if "finished" in ckpt and not ckpt["finished"]:
+        print(f"note: {display_path(path)} is an interrupted run (epoch {ckpt.get('epoch')} of "
+              f"{(ckpt.get('config') or {}).get('epochs', '?')}); using it as it is")
+    return model, ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], cfg: DictConfig, path: Path, runtime: Runtime) -> Classifier:
+    """The model a loaded checkpoint holds, after checking that it fits the config."""
+    check_compatible(ckpt, cfg, path)
+    model = build_model(ckpt["backbone"], ckpt["num_classes"], ckpt["in_channels"])
+    try:
+        model.load_state_dict(ckpt_io.strip_module_prefix(ckpt["model"]))
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path} does not fit backbone {ckpt['backbone'].get('name')}: {first}") from None
+    shape = (ckpt["in_channels"], ckpt["image_size"], ckpt["image_size"])
+    return prepare_model(model, runtime, shape)
+
+
+def task_overrides() -> list[str]:
+    """The overrides this run was started with (Hydra's record), or [] outside a Hydra run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except (ImportError, ValueError):
+        return []

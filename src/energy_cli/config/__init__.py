@@ -1,0 +1,1 @@
+"""Configuration plumbing below Hydra: where the configs live, and reading override strings."""

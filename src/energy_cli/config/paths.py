@@ -1,0 +1,14 @@
+"""Where the Hydra configs live: inside the installed wheel (energy_cli/conf), or the repository's conf/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def config_dir() -> Path:
+    """The folder holding the Hydra configs: inside the installed wheel, or the repository's conf/."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "conf", package.parent.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"energy-ood's configs are missing (looked in {package / 'conf'}); reinstall the package")

@@ -1,0 +1,193 @@
+"""Resuming an interrupted `train` / `finetune` run.
+
+    resume=PATH   continue the run whose checkpoint.pt (or run folder) is PATH
+    resume=true   continue the newest interrupted run of this command whose config equals this one
+    resume=auto   the same, or start a new run when there is none (for job scripts that are simply rerun)
+
+Before Hydra starts, `plan()` (called by launch.py) turns the `resume=` argument into the interrupted run's
+folder (`hydra.run.dir`) and the overrides that run was started with, followed by the ones typed now; the
+resumed run therefore composes the same config and writes into the same folder. Inside the run,
+`load_for_resume()` loads the checkpoint and refuses a config that differs from it in anything but the
+keys in VOLATILE_KEYS; `restore()` puts weights, optimiser, scheduler and loop position back (the RNG
+states are restored by the caller right before the loop, with `engine.seeding.set_rng_state`). A running
+run's folder is locked (runs/locks.py), so it is never picked up a second time."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any, Sequence
+
+from energy_cli.config.overrides import key_of, last_value, quote
+from energy_cli.errors import UserError
+from energy_cli.runs import checkpoint as ckpt_io
+from energy_cli.runs.locks import is_locked
+
+# Keys a resumed run may change: where and how fast it computes, what it prints, how often it saves.
+VOLATILE_KEYS = ("resume", "device", "precision", "progress", "eval_batch_size", "data_root", "download",
+                 "checkpoint_every_steps", "overwrite", "threads", "compile")
+
+
+# The checkpoint stages each command writes.
+STAGES_OF = {"train": ("pretrain",), "finetune": ("energy", "oe")}
+
+
+_OFF = ("", "null", "none", "false", "~")
+
+
+_SEARCH = ("true", "auto")
+
+
+def resume_value(args: Sequence[str]) -> str | None:
+    """The value of the last `resume=` override in `args` (unquoted), or None."""
+    return last_value(args, "resume")
+
+
+def resume_command(command: str, path: Path) -> str:
+    """The shell command that continues the run whose checkpoint is `path`."""
+    from energy_cli.runs.folders import display_path
+
+    return f"energy-ood {command} " + shlex.quote(f"resume={quote(display_path(path))}")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for every key that differs, ignoring VOLATILE_KEYS."""
+    a, b = _flatten(saved), _flatten(now)
+    missing = object()
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key.split(".")[0] in VOLATILE_KEYS:
+            continue
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            diffs.append((key, None if va is missing else va, None if vb is missing else vb))
+    return diffs
+
+
+def _check_resumable(command: str, path: Path, ckpt: dict[str, Any]) -> None:
+    stage = ckpt.get("stage")
+    if stage not in STAGES_OF[command]:
+        other = next((c for c, stages in STAGES_OF.items() if stage in stages), None)
+        hint = f"; resume it with: {resume_command(other, path)}" if other else ""
+        raise UserError(f"resume={path}: it is a checkpoint of stage {stage}, not of `energy-ood {command}`{hint}")
+    if ckpt.get("finished"):
+        epochs = (ckpt.get("config") or {}).get("epochs", "?")
+        raise UserError(f"resume={path}: that run finished (epoch {ckpt.get('epoch')} of {epochs}); nothing to "
+                        f"resume; evaluate it with: energy-ood eval ckpt={path}")
+    if is_locked(path.parent):
+        raise UserError(f"resume={path}: that run is still running (its folder is locked by another process); "
+                        "stop it first, it saves a checkpoint to resume from")
+
+
+def _checkpoint_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path / ckpt_io.FILENAME if path.is_dir() else path
+
+
+def composed_config(command: str, args: Sequence[str]) -> dict[str, Any]:
+    """The resolved config `energy-ood command args` would run with (Hydra's compose API, no run)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from energy_cli.config.paths import config_dir
+
+    overrides = [a for a in args if not a.startswith("-") and not key_of(a).startswith("hydra.")
+                 and key_of(a) != "resume"]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name=command, overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def find_interrupted(command: str, config: dict[str, Any], roots: Sequence[Path]) -> Path | None:
+    """The newest unfinished, not running checkpoint of `command` under `roots` whose config equals
+    `config` (VOLATILE_KEYS aside)."""
+    stages = STAGES_OF[command]
+
+    def matches(ckpt: dict[str, Any]) -> bool:
+        return (ckpt.get("stage") in stages and not ckpt.get("finished")
+                and isinstance(ckpt.get("config"), dict) and not config_differences(ckpt["config"], config))
+
+    for path in ckpt_io.candidate_checkpoints(roots):
+        if is_locked(path.parent):
+            continue
+        ckpt = ckpt_io.peek(path)
+        if ckpt is not None and matches(ckpt):
+            return path
+    return None
+
+
+def plan(command: str, args: Sequence[str]) -> list[str]:
+    """Rewrite the arguments of a `resume=` run so that Hydra runs it in the interrupted run's folder with
+    that run's overrides (then the ones given now). Arguments without `resume=` come back unchanged."""
+    from energy_cli.runs.folders import is_multirun, search_roots
+
+    args = list(args)
+    value = resume_value(args)
+    if value is None or value.lower() in _OFF:
+        return args
+    if command not in STAGES_OF:
+        return args                      # Hydra reports the unknown key
+    if is_multirun(args):
+        raise UserError("resume= cannot be combined with -m; resume each job of a sweep on its own with "
+                        "resume=PATH_TO_ITS_checkpoint.pt")
+    if any(key_of(a) in ("hydra.run.dir", "hydra.output_subdir") for a in args):
+        raise UserError("a resumed run continues in the interrupted run's own folder; drop hydra.run.dir= "
+                        "(and hydra.output_subdir=)")
+    if value.lower() in _SEARCH:
+        path = find_interrupted(command, composed_config(command, args), search_roots())
+        if path is None:
+            if value.lower() == "auto":
+                print(f"energy-ood {command}: no interrupted run with this config to resume; starting a new run")
+                return [a for a in args if key_of(a) != "resume"]
+            raise UserError(f"resume=true: no interrupted `{command}` run with this config under outputs/ or "
+                            "multirun/ here; pass resume=PATH to a checkpoint.pt, or drop resume= to start anew")
+    else:
+        path = _checkpoint_path(value)
+    ckpt = ckpt_io.load_checkpoint(path)
+    _check_resumable(command, path, ckpt)
+    path = path.resolve()
+    earlier = [o for o in ckpt.get("overrides", []) if key_of(o) != "resume" and not key_of(o).startswith("hydra.")]
+    now = [a for a in args if key_of(a) != "resume"]
+    return [*earlier, *now, f"resume={quote(str(path))}",
+            f"hydra.run.dir={quote(str(path.parent))}", "hydra.output_subdir=null"]
+
+
+def load_for_resume(cfg: Any) -> dict[str, Any] | None:
+    """The checkpoint to resume from (`resume=PATH`, as planned by the CLI), checked against the config;
+    None when the run starts anew."""
+    from omegaconf import OmegaConf
+
+    value = cfg.get("resume")
+    if value is None or value is False or str(value).lower() in _OFF:
+        return None
+    if value is True or str(value).lower() in _SEARCH:
+        raise UserError(f"resume={value} is resolved by the energy-ood command line; run "
+                        f"`energy-ood {cfg.command} resume={str(value).lower()}` or pass resume=PATH")
+    path = _checkpoint_path(str(value))
+    ckpt = ckpt_io.load_checkpoint(path)
+    _check_resumable(str(cfg.command), path, ckpt)
+    diffs = config_differences(ckpt.get("config") or {}, OmegaConf.to_container(cfg, resolve=True))
+    if diffs:
+        key, saved, now = diffs[0]
+        raise UserError(f"resume={path}: the interrupted run has {key}={saved}, this command {key}={now}; a resumed "
+                        f"run keeps its settings (only {', '.join(VOLATILE_KEYS[1:])} may change)")
+    return ckpt
+
+
+def restore(ckpt: dict[str, Any], model: Any, optimizer: Any, scheduler: Any) -> Any:
+    """Put weights, optimiser and scheduler state back; return the loop position (engine.LoopState)."""
+    from energy_cli.engine.loop import LoopState
+
+    model.load_state_dict(ckpt_io.strip_module_prefix(ckpt["model"]))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    return LoopState.from_dict(ckpt["loop"])

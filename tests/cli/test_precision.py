@@ -1,0 +1,153 @@
+"""The fast paths change speed, not results: bf16 vs fp32, channels_last, compile fallback, threads, bench script."""
+
+import csv
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from scipy.stats import spearmanr
+
+from energy_cli.data.batches import Normalizer
+from energy_cli.engine.inference import predict
+from energy_cli.engine.runtime import (
+    Runtime,
+    is_compiled,
+    prepare_model,
+    runtime_from_config,
+)
+from energy_cli.models import build_model
+from energy_cli.ood.metrics import auroc
+
+
+def _null_auroc_sd(n_id: int, n_ood: int) -> float:
+    """Standard deviation of the AUROC of n_id vs n_ood scores under random ranking (the Mann-Whitney U
+    statistic over n_id * n_ood): sqrt((n_id + n_ood + 1) / (12 n_id n_ood)). The AUROC of one evaluation
+    is uncertain by about this much from the sample alone, so a change of precision must move it by less."""
+    return math.sqrt((n_id + n_ood + 1) / (12 * n_id * n_ood))
+
+
+@pytest.mark.slow
+def test_bf16_eval_ranks_images_like_fp32(cli):
+    """Evaluate one fp32-trained checkpoint in fp32 and in bf16 (one thread, so both runs are deterministic on
+    any CPU, whether bf16 is native or emulated). bf16 rounds every activation to an 8-bit mantissa, so scores
+    move a little; what must hold is that the ranking of the images barely changes:
+    - Spearman rank correlation of each score (ID and OOD images together) above 0.99;
+    - per OOD set, |AUROC_bf16 - AUROC_fp32| below the AUROC's own sampling noise for these sample sizes;
+    - every ID image whose predicted class changes had a near tie in fp32 (top-2 logit gap < 5% of the
+      logit range), so accuracy moves only by such images.
+    Per-set FPR95 is not compared: it counts OOD images near one threshold and jumps by whole images."""
+    common = ["progress=false", "threads=1"]
+    assert cli("train", *common, "precision=fp32", "hydra.run.dir=train").code == 0
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        result = cli("eval", "ckpt=train/checkpoint.pt", f"precision={precision}", "save_scores=true", *common,
+                     f"hydra.run.dir=eval_{precision}")
+        assert result.code == 0, result.err
+        runs[precision] = dict(np.load(f"eval_{precision}/scores.npz"))
+    a, b = runs["fp32"], runs["bf16"]
+    sets = sorted({k.split("/")[0] for k in a} - {"id"})
+    for score in ("msp", "energy"):
+        s32 = np.concatenate([a[f"id/{score}"], *[a[f"{s}/{score}"] for s in sets]])
+        s16 = np.concatenate([b[f"id/{score}"], *[b[f"{s}/{score}"] for s in sets]])
+        rho = spearmanr(s32, s16).statistic
+        assert rho > 0.99, (score, rho)
+        for s in sets:
+            n_id, n_ood = len(a[f"id/{score}"]), len(a[f"{s}/{score}"])
+            delta = abs(auroc(a[f"id/{score}"], a[f"{s}/{score}"]) - auroc(b[f"id/{score}"], b[f"{s}/{score}"]))
+            assert delta < _null_auroc_sd(n_id, n_ood), (score, s, delta)
+    logits32, logits16 = a["id/logits"], b["id/logits"]
+    flipped = np.flatnonzero(logits32.argmax(1) != logits16.argmax(1))
+    top2 = np.sort(logits32, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    spread = logits32.max() - logits32.min()
+    assert np.all(gap[flipped] < 0.05 * spread), (flipped, gap[flipped], spread)
+
+
+def test_logits_stay_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = build_model({"name": "small_cnn"}, 10, 1).eval()
+    runtime = Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True, progress=False)
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    with torch.no_grad(), runtime.autocast():
+        logits = model(Normalizer([0.3], [0.4])(x))
+    assert logits.dtype == torch.float32
+    # the head ran in fp32: logits are not restricted to bf16's 8-bit mantissa grid
+    assert not torch.equal(logits, logits.to(torch.bfloat16).float())
+
+
+def test_channels_last_gives_the_same_logits():
+    torch.manual_seed(0)
+    model = build_model({"name": "wrn40_2", "depth": 10, "widen_factor": 1}, 10, 3)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    norm = Normalizer([0.5] * 3, [0.25] * 3)
+    plain, _ = predict(model, x, norm, Runtime(torch.device("cpu")), batch_size=3)
+    cl = prepare_model(build_model({"name": "wrn40_2", "depth": 10, "widen_factor": 1}, 10, 3),
+                       Runtime(torch.device("cpu"), channels_last=True))
+    cl.load_state_dict(model.state_dict())
+    fast, _ = predict(cl, x, norm, Runtime(torch.device("cpu"), channels_last=True), batch_size=5)
+    assert torch.allclose(plain, fast, atol=1e-4)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
+    def broken_compile(self, *args, **kwargs):
+        self._compiled_call_impl = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no C++ compiler"))
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    torch.manual_seed(0)
+    model = build_model({"name": "small_cnn"}, 10, 1)
+    reference = build_model({"name": "small_cnn"}, 10, 1)
+    reference.load_state_dict(model.state_dict())
+    runtime = Runtime(torch.device("cpu"), compile=True)
+    model = prepare_model(model, runtime, (1, 8, 8))
+    assert "torch.compile failed (RuntimeError: no C++ compiler); running eagerly" in capsys.readouterr().out
+    assert not is_compiled(model)
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    norm = Normalizer([0.3], [0.4])
+    assert torch.allclose(predict(model, x, norm, runtime)[0], predict(reference, x, norm, runtime)[0])
+
+
+def test_compiled_predict_pads_the_last_batch(monkeypatch):
+    """With a compiled model, every batch has the same shape (no recompilation); results are unchanged."""
+    shapes = []
+    torch.manual_seed(0)
+    model = build_model({"name": "small_cnn"}, 10, 1).eval()
+    eager = model.forward
+
+    def recording_call(*args, **kwargs):
+        shapes.append(tuple(args[0].shape))
+        return eager(*args, **kwargs)
+
+    x = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
+    norm = Normalizer([0.3], [0.4])
+    want, _ = predict(model, x, norm, Runtime(torch.device("cpu")), batch_size=4)
+    model._compiled_call_impl = recording_call   # what nn.Module.compile installs
+    got, _ = predict(model, x, norm, Runtime(torch.device("cpu")), batch_size=4)
+    assert shapes == [(4, 1, 8, 8)] * 3
+    assert torch.allclose(want, got)
+
+
+def test_threads_key(compose):
+    old = torch.get_num_threads()
+    try:
+        runtime_from_config(compose("eval", ["threads=1", "device=cpu"]))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_bench_script_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "bench.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == ["plain fp32 eager + DataLoader", "ours"]
+    assert float(rows[0]["eval_speedup"]) == 1.0
+    for r in rows:
+        assert float(r["eval_img_s"]) > 0 and float(r["train_img_s"]) > 0
+        assert float(r["epoch_s_cifar10"]) == pytest.approx(50_000 / float(r["train_img_s"]), rel=1e-3)
+    assert "paper protocol from score vectors" in proc.stdout
