@@ -6,7 +6,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from energy_cli.runs.folders import display_path
+from energy_cli.commands.validate import validate
+from energy_cli.engine import distributed
+from energy_cli.errors import UserError
+from energy_cli.runs.folders import display_path, earlier_outputs
 
 COMMAND_MODULES = {
     "train": "energy_cli.commands.train",
@@ -20,9 +23,6 @@ COMMAND_MODULES = {
 def refuse_to_overwrite(cfg, run_dir: Path) -> None:
     """A run never overwrites what an earlier run wrote (a `hydra.run.dir=` that is already used), unless
     the user says overwrite=true; a resumed run continues in its own folder."""
-    from energy_cli.engine import distributed
-    from energy_cli.errors import UserError
-    from energy_cli.runs.folders import earlier_outputs
 
     if cfg.get("resume") not in (None, False) or cfg.get("overwrite") or not distributed.current().is_main:
         return   # (under torchrun rank 0 checks; the others may already see its first files)
@@ -35,7 +35,6 @@ def refuse_to_overwrite(cfg, run_dir: Path) -> None:
 def run_command(cfg) -> object:
     from hydra.core.hydra_config import HydraConfig
 
-    from energy_cli.commands.validate import validate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     print(f"energy-ood {cfg.command}: run folder {display_path(run_dir)}", flush=True)

@@ -76,7 +76,7 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     }
     state = LoopState()
     if resume_from is not None:
-        state = resume.restore(resume_from, model, optimizer, scheduler)
+        state = restore(resume_from, model, optimizer, scheduler)
         header["resumes"] = [*resume_from.get("resumes", []),
                              {"epoch": state.epoch, "step": state.step, "overrides": overrides}]
     saved = {"step": None if resume_from is None else state.step}
@@ -131,3 +131,11 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     print(f"{stage}: {summary} after {state.epoch} epochs on {runtime.device.type} ({runtime.precision}); "
           f"wrote {display_path(ckpt_path)} and {display_path(log_path)}")
     return ckpt_path
+
+
+def restore(ckpt: dict[str, Any], model: Any, optimizer: Any, scheduler: Any) -> LoopState:
+    """Put weights, optimiser and scheduler state back; return the loop position."""
+    model.load_state_dict(ckpt_io.strip_module_prefix(ckpt["model"]))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    return LoopState.from_dict(ckpt["loop"])

@@ -7,7 +7,10 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 
+from energy_cli.data import ID_DATASETS, OUTLIERS, resolve_ood_names
+from energy_cli.detectors import resolve_score_names
 from energy_cli.errors import UserError
+from energy_cli.models import BACKBONES
 
 
 def _number(cfg: DictConfig, key: str) -> float:
@@ -67,8 +70,6 @@ def margin_value(cfg: DictConfig, key: str) -> float | None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise UserError for the first invalid value in `cfg` (the config of one command)."""
-    from energy_cli.data import ID_DATASETS, resolve_ood_names
-    from energy_cli.models import BACKBONES
 
     command = cfg.command
     if command == "report":
@@ -105,7 +106,6 @@ def validate(cfg: DictConfig) -> None:
         if not (resume is None or isinstance(resume, (bool, str))):
             raise UserError(f"resume={resume!r} must be a path to a checkpoint.pt (or its run folder), true or auto")
     if command == "finetune":
-        from energy_cli.data import OUTLIERS
 
         _integer(cfg, "outlier_batch_size", 1)
         _choice(cfg, "outliers.name", sorted(OUTLIERS))
@@ -117,7 +117,6 @@ def validate(cfg: DictConfig) -> None:
                 raise UserError(f"m_in={m_in:g} must be below m_out={m_out:g} (ID energies are pushed below m_in, "
                                 "outlier energies above m_out)")
     if command == "eval":
-        from energy_cli.detectors import resolve_score_names
 
         resolve_ood_names(cfg.ood, cfg.dataset)
         resolve_score_names(cfg.score)

@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 
 from omegaconf import DictConfig
 
+from energy_cli.config.overrides import as_list
 from energy_cli.data import (
     catalog,
     cifar,
@@ -121,7 +122,6 @@ def canonical_ood_name(name: str) -> str:
 
 def resolve_ood_names(requested: str | Iterable[str] | None, dataset: DictConfig) -> list[str]:
     """The `ood` key -> validated list of set names; `all` expands to the dataset's benchmark list."""
-    from energy_cli.config.overrides import as_list
 
     names = list(dataset.ood) if requested is None else as_list(requested)
     expanded: list[str] = []

@@ -18,6 +18,7 @@ from torch import nn
 
 from energy_cli.data.batches import Normalizer, random_crop_flip
 from energy_cli.data.images import ImageSet
+from energy_cli.engine import distributed
 from energy_cli.engine.inference import accuracy, predict
 from energy_cli.engine.runtime import Runtime
 from energy_cli.engine.seeding import mix_seed
@@ -112,7 +113,6 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
     ranks; the logged sums are totals over all ranks. A final batch with fewer images than ranks is skipped."""
     from tqdm.auto import tqdm
 
-    from energy_cli.engine import distributed
 
     group = distributed.current()
     dev = runtime.device

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from energy_cli.engine import distributed
 from energy_cli.errors import UserError
 
 
@@ -101,7 +102,6 @@ def set_threads(threads: Any) -> int:
 def runtime_from_config(cfg: Any) -> Runtime:
     """The Runtime a config asks for. Under torchrun each process computes on the GPU of its local rank
     and only rank 0 draws progress bars."""
-    from energy_cli.engine import distributed
 
     group = distributed.current()
     device = resolve_device(cfg.device)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from energy_cli.config.overrides import last_value, sets_key
+from energy_cli.errors import UserError
 
 RUN_ROOT, SWEEP_ROOT = "outputs", "multirun"
 STAMP = "%Y-%m-%d_%H-%M-%S"
@@ -64,7 +65,6 @@ def check_unused(args: Sequence[str], key: str) -> None:
     """Before Hydra writes its record into a folder the user chose (`hydra.run.dir=` / `hydra.sweep.dir=`):
     refuse one that holds outputs of an earlier run, unless overwrite=true (a resumed run is planned into
     its own folder and passes resume=)."""
-    from energy_cli.errors import UserError
 
     folder = last_value(args, key)
     if folder is None or "${" in folder or last_value(args, "resume") not in (None, "null", "false"):

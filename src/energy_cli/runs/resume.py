@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from energy_cli.config.overrides import key_of, last_value, quote
+from energy_cli.config.paths import config_dir
 from energy_cli.errors import UserError
 from energy_cli.runs import checkpoint as ckpt_io
+from energy_cli.runs.folders import display_path, is_multirun, search_roots
 from energy_cli.runs.locks import is_locked
 
 # Keys a resumed run may change: where and how fast it computes, what it prints, how often it saves.
@@ -45,7 +47,6 @@ def resume_value(args: Sequence[str]) -> str | None:
 
 def resume_command(command: str, path: Path) -> str:
     """The shell command that continues the run whose checkpoint is `path`."""
-    from energy_cli.runs.folders import display_path
 
     return f"energy-ood {command} " + shlex.quote(f"resume={quote(display_path(path))}")
 
@@ -98,7 +99,6 @@ def composed_config(command: str, args: Sequence[str]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from energy_cli.config.paths import config_dir
 
     overrides = [a for a in args if not a.startswith("-") and not key_of(a).startswith("hydra.")
                  and key_of(a) != "resume"]
@@ -128,7 +128,6 @@ def find_interrupted(command: str, config: dict[str, Any], roots: Sequence[Path]
 def plan(command: str, args: Sequence[str]) -> list[str]:
     """Rewrite the arguments of a `resume=` run so that Hydra runs it in the interrupted run's folder with
     that run's overrides (then the ones given now). Arguments without `resume=` come back unchanged."""
-    from energy_cli.runs.folders import is_multirun, search_roots
 
     args = list(args)
     value = resume_value(args)
@@ -183,11 +182,3 @@ def load_for_resume(cfg: Any) -> dict[str, Any] | None:
     return ckpt
 
 
-def restore(ckpt: dict[str, Any], model: Any, optimizer: Any, scheduler: Any) -> Any:
-    """Put weights, optimiser and scheduler state back; return the loop position (engine.LoopState)."""
-    from energy_cli.engine.loop import LoopState
-
-    model.load_state_dict(ckpt_io.strip_module_prefix(ckpt["model"]))
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    return LoopState.from_dict(ckpt["loop"])
