@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, REPO, read_csv
+from conftest import FAST, REPO, PicklePayload, read_csv
 
 from energy_cli.config.overrides import quote as hydra_quote
 from energy_cli.runs.checkpoint import load_checkpoint
@@ -242,15 +242,13 @@ def test_hydra_quote_round_trips_odd_paths(compose):
 
 
 def test_searching_for_runs_never_unpickles_code(cli, tmp_path):
-    from test_checkpoint import _Payload
-
     from energy_cli.runs.checkpoint import FORMAT
 
     marker = tmp_path / "PWNED"
     for command in ("train", "finetune"):
         evil = tmp_path / "outputs" / command / "evil" / "checkpoint.pt"
         evil.parent.mkdir(parents=True)
-        torch.save({"format": FORMAT, "model": {}, "stage": "pretrain", "x": _Payload(str(marker))}, evil)
+        torch.save({"format": FORMAT, "model": {}, "stage": "pretrain", "x": PicklePayload(str(marker))}, evil)
     assert "no interrupted `train` run" in cli("train", "resume=true", *FAST).err
     assert "no finished train run" in cli("finetune", *FAST).err
     assert "no finished train or finetune run" in cli("eval", *FAST).err

@@ -30,6 +30,7 @@ from energy_cli.detectors.scoring import score_images
 from energy_cli.engine.inference import accuracy
 from energy_cli.engine.runtime import Runtime, runtime_from_config
 from energy_cli.engine.seeding import mix_seed, seed_everything
+from energy_cli.fileio import file_part
 from energy_cli.ood.metrics import (
     METRIC_NAMES,
     acceptance_rate,
@@ -145,7 +146,7 @@ def draw_plots(run_dir: Path, scores: dict[str, dict[str, np.ndarray]], score_na
     order = sorted(score_names, key=lambda s: (s != "energy", s != "msp"))
     written = []
     for name in ood_names:
-        hist, roc = run_dir / f"hist_{ckpt_io.file_part(name)}.png", run_dir / f"roc_{ckpt_io.file_part(name)}.png"
+        hist, roc = run_dir / f"hist_{file_part(name)}.png", run_dir / f"roc_{file_part(name)}.png"
         plots.score_histograms(hist, {s: scores["id"][s] for s in order}, {s: scores[name][s] for s in order}, name,
                                {s: thresholds[s][0] for s in order}, f"{title}: ID vs {name}")
         curves = {s: roc_points(scores["id"][s], scores[name][s]) for s in order}

@@ -27,10 +27,10 @@ from energy_cli.engine.loop import TrainSpec
 from energy_cli.engine.runtime import Runtime, runtime_from_config
 from energy_cli.engine.seeding import mix_seed, seed_everything
 from energy_cli.errors import UserError
+from energy_cli.fileio import atomic_write_bytes
 from energy_cli.ood import margins
 from energy_cli.ood.losses import cross_entropy, finetune_regulariser
 from energy_cli.runs import resume
-from energy_cli.runs.checkpoint import atomic_write_bytes
 from energy_cli.runs.folders import display_path
 
 

@@ -25,6 +25,7 @@ from energy_cli.engine.loop import (
 from energy_cli.engine.runtime import Runtime, prepare_model
 from energy_cli.engine.seeding import rng_state, set_rng_state
 from energy_cli.errors import Interrupted, UserError
+from energy_cli.fileio import remove_stale_temporaries
 from energy_cli.models import Classifier
 from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs import resume
@@ -104,7 +105,7 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     lock = run_lock(run_dir) if group.is_main else contextlib.nullcontext()
     with lock, StopOnSignal() as stop:
         if group.is_main:
-            ckpt_io.remove_stale_temporaries(run_dir)   # left by a process killed in the middle of a write
+            remove_stale_temporaries(run_dir)   # left by a process killed in the middle of a write
         if resume_from is not None:
             set_rng_state(resume_from["rng"])
             print(f"resuming {display_path(ckpt_path)} at epoch {state.epoch + 1}, step {state.step}")

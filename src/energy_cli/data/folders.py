@@ -23,7 +23,7 @@ import torch
 from energy_cli.data import files
 from energy_cli.data.images import ImageSet
 from energy_cli.errors import UserError
-from energy_cli.runs.checkpoint import atomic_write_bytes, file_part
+from energy_cli.fileio import atomic_write_bytes, file_part
 
 CACHE_VERSION = 1   # bump when decoding changes, so older caches are not reused
 CHUNK = 256         # files per decoding task

@@ -3,11 +3,12 @@ import pickle
 
 import pytest
 import torch
+from conftest import PicklePayload
 
 from energy_cli.errors import UserError
+from energy_cli.fileio import atomic_write_bytes
 from energy_cli.runs.checkpoint import (
     FORMAT,
-    atomic_write_bytes,
     find_newest,
     load_checkpoint,
     save_checkpoint,
@@ -35,7 +36,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_atomic_write_gives_the_usual_file_mode_and_leaves_no_temporary(tmp_path):
-    from energy_cli.runs.checkpoint import remove_stale_temporaries
+    from energy_cli.fileio import remove_stale_temporaries
 
     mask = os.umask(0o022)
     try:
@@ -67,26 +68,16 @@ def test_missing_truncated_and_foreign_files(tmp_path):
         load_checkpoint(foreign)
 
 
-class _Payload:
-    """Unpickling this would create a file: the proof that code ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_malicious_pickle_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"format": FORMAT, "model": {}, "x": _Payload(str(marker))}, evil)
+    torch.save({"format": FORMAT, "model": {}, "x": PicklePayload(str(marker))}, evil)
     assert not marker.exists()
     with pytest.raises(UserError, match="refusing to load"):
         load_checkpoint(evil)
     assert not marker.exists()
     raw = tmp_path / "raw.pt"
-    raw.write_bytes(pickle.dumps(_Payload(str(marker))))
+    raw.write_bytes(pickle.dumps(PicklePayload(str(marker))))
     with pytest.raises(UserError):
         load_checkpoint(raw)
     assert not marker.exists()
