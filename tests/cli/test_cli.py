@@ -123,12 +123,16 @@ def test_finetune_sweep_runs_two_jobs(workspace, monkeypatch, capsys):
 
 
 def test_two_runs_in_the_same_second_get_their_own_folders(workspace, monkeypatch, capsys):
+    """The clock is frozen, so both runs ask for the same folder name: the second gets `_1`."""
+    import energy_cli.runs.folders as folders_module
+
+    monkeypatch.setattr(folders_module.time, "strftime", lambda fmt: "2026-01-01_00-00-00")
     monkeypatch.chdir(workspace)
     for _ in range(2):
         main(["eval", "--ood", "gaussian", *FAST])
     out = capsys.readouterr().out
     folders = [line.split("run folder ")[1] for line in out.splitlines() if "run folder " in line]
-    assert len(folders) == 2 and folders[0] != folders[1]
+    assert folders == ["outputs/eval/2026-01-01_00-00-00", "outputs/eval/2026-01-01_00-00-00_1"]
     assert all((workspace / f / "results.csv").is_file() for f in folders)
 
 

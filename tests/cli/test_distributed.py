@@ -95,7 +95,17 @@ def test_environment_and_backend():
     g = from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
     assert (g.rank, g.world_size, g.local_rank, g.is_main, g.enabled) == (1, 4, 1, False, True)
     assert backend_for(["device=cpu"]) == "gloo"
-    assert backend_for([]) == ("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def test_backend_follows_the_device(monkeypatch):
+    """device=auto picks nccl exactly when CUDA is there; device=cpu is always gloo."""
+    for cuda, want in ((True, "nccl"), (False, "gloo")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert backend_for([]) == want
+        assert backend_for(["device=auto"]) == want
+        assert backend_for(["device=cpu"]) == "gloo"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert backend_for(["device=cuda:1"]) == "nccl"
 
 
 def test_under_torchrun_sweeps_are_refused_and_eval_runs_on_rank_0_only(cli, monkeypatch, tmp_path):

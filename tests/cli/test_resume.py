@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -40,26 +39,29 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def start(tmp_path: Path, *args: str) -> subprocess.Popen:
+SIGNAL_AT_CALL = """
+import os, sys
+import energy_cli.engine.loop as loop
+from energy_cli.cli import main
+signum, n = int(sys.argv[1]), int(sys.argv[2])
+real, calls = loop.random_crop_flip, [0]
+def wrapped(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signum)
+    return real(*args, **kwargs)
+loop.random_crop_flip = wrapped
+main(sys.argv[3:])
+"""
+
+
+def run_signalled(tmp_path: Path, signum: int, at_call: int, *args: str) -> subprocess.CompletedProcess:
+    """Run `energy-ood *args` as a separate process that sends itself `signum` during the `at_call`-th
+    augmentation call of the training loop (one per step of `train`): a deterministic SIGKILL or SIGTERM at a
+    known step, received by the real process and its real handlers."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "energy_cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_checkpoint(proc: subprocess.Popen, pattern: str, root: Path, min_step: int, timeout: float = 120):
-    """Poll until the run's checkpoint.pt reports at least `min_step` steps; return its path."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        for path in root.glob(pattern):
-            try:
-                if load_checkpoint(path)["step"] >= min_step:
-                    return path
-            except Exception:  # noqa: BLE001 - not written yet
-                pass
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("the run did not reach the expected step in time")
+    return subprocess.run([sys.executable, "-c", SIGNAL_AT_CALL, str(int(signum)), str(at_call), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -78,12 +80,11 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 def test_sigkill_then_resume_true_equals_an_uninterrupted_run(cli, tmp_path, one_thread):
-    proc = start(tmp_path, "train", *SMALL, "checkpoint_every_steps=1")
-    ckpt = wait_for_checkpoint(proc, "outputs/train/*/checkpoint.pt", tmp_path, min_step=25)
-    proc.kill()                                                     # SIGKILL: no chance to clean up
-    proc.wait()
+    proc = run_signalled(tmp_path, signal.SIGKILL, 27, "train", *SMALL, "checkpoint_every_steps=1")
+    assert proc.returncode == -signal.SIGKILL                       # no chance to clean up
+    (ckpt,) = tmp_path.glob("outputs/train/*/checkpoint.pt")
     killed = load_checkpoint(ckpt)
-    assert not killed["finished"] and 25 <= killed["step"] < STEPS
+    assert not killed["finished"] and killed["step"] == 26         # the last step saved before the 27th
     # an interrupted run with another config is not picked up
     other = cli("train", *SMALL, "epochs=5", "resume=true")
     assert other.code == 2 and "no interrupted `train` run with this config" in other.err
@@ -103,14 +104,12 @@ def test_sigkill_then_resume_true_equals_an_uninterrupted_run(cli, tmp_path, one
 
 
 def test_sigterm_saves_and_prints_the_command_that_resumes(cli, tmp_path, one_thread):
-    proc = start(tmp_path, "train", *SMALL_DEFAULT, "hydra.run.dir=run")
-    wait_for_checkpoint(proc, "run/checkpoint.pt", tmp_path, min_step=23)   # the first epoch is saved
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    proc = run_signalled(tmp_path, signal.SIGTERM, 30, "train", *SMALL_DEFAULT, "hydra.run.dir=run")
+    err = proc.stderr
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
     saved = load_checkpoint(tmp_path / "run/checkpoint.pt")
-    assert not saved["finished"] and saved["step"] >= 23
+    assert not saved["finished"] and saved["step"] == 30             # the step in flight finishes, then it saves
     assert f"at step {saved['step']}; saved run/checkpoint.pt" in err
     command = err.strip().splitlines()[-1].split("resume with: ")[1]
     assert command == "energy-ood train resume=run/checkpoint.pt"

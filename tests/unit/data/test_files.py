@@ -20,7 +20,7 @@ def test_list_and_decode_any_size_rgb_or_grey(tmp_path):
     write(tmp_path / "b.jpg", np.full((10, 10), 90, dtype=np.uint8))                       # grey JPEG
     (tmp_path / "notes.txt").write_text("not an image")
     files = list_images(tmp_path)
-    assert [p.name for p in files] == ["wide.png", "b.jpg"] or [p.name for p in files] == ["b.jpg", "wide.png"]
+    assert [p.relative_to(tmp_path).as_posix() for p in files] == ["a/wide.png", "b.jpg"]   # sorted paths
     red = decode_image(tmp_path / "a" / "wide.png", (3, 8, 8))
     assert red.shape == (3, 8, 8) and red.dtype == torch.uint8
     assert red[0].min() == 200 and red[1].max() == 0
