@@ -15,8 +15,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     On CPUs the keep mask is drawn 16 bits at a time: each int64 from `random_()` gives three uniform 16-bit
     numbers (its low 48 bits; the top bit is always 0), and a value is kept when its number is at least the
     threshold, i.e. with probability 1 - p to within 2^-16 (the scale uses the exact probability). That is a
-    third of the random-number calls of F.dropout's per-element Bernoulli draws, which took about 40% of a
-    WRN-40-2 training step on the 2-core development machine. Elsewhere (GPUs) it is F.dropout.
+    third of the random-number calls of F.dropout's per-element Bernoulli draws (measured cost: see
+    docs/results/performance-2026-11-amx.md). Elsewhere (GPUs) it is F.dropout.
     """
     if not training or p <= 0:
         return x
