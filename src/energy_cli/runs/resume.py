@@ -95,16 +95,12 @@ def _checkpoint_path(value: str) -> Path:
 
 def composed_config(command: str, args: Sequence[str]) -> dict[str, Any]:
     """The resolved config `energy-ood command args` would run with (Hydra's compose API, no run)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from energy_cli.config.paths import config_dir
+    from energy_cli.config.compose import compose_config
 
-    overrides = [a for a in args if not a.startswith("-") and not key_of(a).startswith("hydra.")
-                 and key_of(a) != "resume"]
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name=command, overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    args = [a for a in args if not key_of(a).startswith("hydra.") and key_of(a) != "resume"]
+    return OmegaConf.to_container(compose_config(command, args), resolve=True)  # type: ignore[return-value]
 
 
 def find_interrupted(command: str, config: dict[str, Any], roots: Sequence[Path]) -> Path | None:
