@@ -10,6 +10,8 @@ import sys
 import warnings
 from typing import Iterator, Sequence
 
+from energy_cli.config.logs import console_logging
+from energy_cli.config.overrides import sets_key
 from energy_cli.config.paths import config_dir
 from energy_cli.errors import PROG, Interrupted, UserError, fail
 
@@ -167,12 +169,15 @@ def _run_distributed(command: str, overrides: list[str], group) -> None:
             plan = distributed.broadcast(plan)
         else:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints the run's story
+            console_logging()                   # (to the new stdout)
             plan = distributed.broadcast(None)
         if plan[0] == "exit":
             raise SystemExit(plan[1])
         overrides = list(plan[1])
-        if not group.is_main and not any(o.startswith("hydra.output_subdir=") for o in overrides):
-            overrides.append("hydra.output_subdir=null")   # rank 0 writes .hydra/
+        if not group.is_main:   # rank 0 writes .hydra/ and the run's log file
+            if not sets_key(overrides, "hydra.output_subdir"):
+                overrides.append("hydra.output_subdir=null")
+            overrides.append("hydra/job_logging=none")
         ok = False
         try:
             run_hydra(command, overrides)
@@ -215,6 +220,7 @@ def launch(command: str, overrides: list[str]) -> None:
     from energy_cli.engine import distributed  # lazy: keeps --help fast (no torch)
     from energy_cli.runs.folders import remove_if_unused
 
+    console_logging()
     group = distributed.from_env()
     if group.enabled:   # started by torchrun
         if command not in TRAINING_COMMANDS:
@@ -235,5 +241,6 @@ def launch(command: str, overrides: list[str]) -> None:
              status=128 + signum)
     finally:
         _restore_sigterm(previous)
+        console_logging()   # closes the run's log file
         if not ok:
             remove_if_unused(claimed)

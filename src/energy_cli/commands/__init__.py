@@ -4,9 +4,12 @@ and outputs; `run_command` is the Hydra task function's body."""
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 
 from energy_cli.runs.folders import display_path
+
+log = logging.getLogger(__name__)
 
 COMMAND_MODULES = {
     "train": "energy_cli.commands.train",
@@ -38,7 +41,7 @@ def run_command(cfg) -> object:
     from energy_cli.commands.validate import validate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    print(f"energy-ood {cfg.command}: run folder {display_path(run_dir)}", flush=True)
+    log.info(f"energy-ood {cfg.command}: run folder {display_path(run_dir)}")
     validate(cfg)
     refuse_to_overwrite(cfg, run_dir)
     module = importlib.import_module(COMMAND_MODULES[cfg.command])

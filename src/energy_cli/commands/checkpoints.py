@@ -3,6 +3,7 @@ loading it into a model."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -14,6 +15,8 @@ from energy_cli.errors import UserError
 from energy_cli.models import Classifier, build_model
 from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.folders import display_path, search_roots
+
+log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "energy", "oe")
 
@@ -80,8 +83,8 @@ def load_model(path: Path, cfg: DictConfig, runtime: Runtime) -> tuple[Classifie
     ckpt = ckpt_io.load_checkpoint(path)
     model = model_from_checkpoint(ckpt, cfg, path, runtime)
     if "finished" in ckpt and not ckpt["finished"]:
-        print(f"note: {display_path(path)} is an interrupted run (epoch {ckpt.get('epoch')} of "
-              f"{(ckpt.get('config') or {}).get('epochs', '?')}); using it as it is")
+        log.info(f"note: {display_path(path)} is an interrupted run (epoch {ckpt.get('epoch')} of "
+                 f"{(ckpt.get('config') or {}).get('epochs', '?')}); using it as it is")
     return model, ckpt
 
 

@@ -6,6 +6,7 @@ m_out=auto the margins are measured from the starting model first (margins.json)
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from energy_cli.runs import resume
 from energy_cli.runs.checkpoint import atomic_write_bytes
 from energy_cli.runs.folders import display_path
 
+log = logging.getLogger(__name__)
+
 
 def resolve_auto_margins(cfg: DictConfig, run_dir: Path, model, train: ImageSet, outliers: ImageSet,
                          normalizer: Normalizer, runtime: Runtime, start: Path) -> tuple[float, float, dict[str, Any]]:
@@ -46,12 +49,12 @@ def resolve_auto_margins(cfg: DictConfig, run_dir: Path, model, train: ImageSet,
     m_in = auto_in if given_in is None else given_in
     m_out = auto_out if given_out is None else given_out
     stats_in, stats_out = margins.energy_summary(e_in), margins.energy_summary(e_out)
-    print(f"auto margins from {display_path(start)} at T={temperature:g}: ID train energies mean "
-          f"{stats_in['mean']:.2f} (5%..95% {stats_in['p5']:.2f}..{stats_in['p95']:.2f}, n={stats_in['n']}); "
-          f"{outliers.name} energies mean {stats_out['mean']:.2f} (5%..95% {stats_out['p5']:.2f}.."
-          f"{stats_out['p95']:.2f}, n={stats_out['n']})")
-    print(f"  -> m_in = {m_in:g} ({'auto: mean ID energy' if given_in is None else 'given'}), "
-          f"m_out = {m_out:g} ({f'auto: {margins.AUTO_OUT_PERCENTILE:g}th percentile of the outlier energies' if given_out is None else 'given'})")
+    log.info(f"auto margins from {display_path(start)} at T={temperature:g}: ID train energies mean "
+             f"{stats_in['mean']:.2f} (5%..95% {stats_in['p5']:.2f}..{stats_in['p95']:.2f}, n={stats_in['n']}); "
+             f"{outliers.name} energies mean {stats_out['mean']:.2f} (5%..95% {stats_out['p5']:.2f}.."
+             f"{stats_out['p95']:.2f}, n={stats_out['n']})")
+    log.info(f"  -> m_in = {m_in:g} ({'auto: mean ID energy' if given_in is None else 'given'}), "
+             f"m_out = {m_out:g} ({f'auto: {margins.AUTO_OUT_PERCENTILE:g}th percentile of the outlier energies' if given_out is None else 'given'})")
     record = {
         "m_in": m_in, "m_out": m_out, "m_in_auto": given_in is None, "m_out_auto": given_out is None,
         "rule": f"m_in = mean ID training energy, m_out = {margins.AUTO_OUT_PERCENTILE:g}th percentile of the outlier "
@@ -111,8 +114,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         description=f"finetune ({name})",
     )
     margins = f", m_in {m_in:g}, m_out {m_out:g}, T {temperature:g}" if name == "energy" else ""
-    print(f"fine-tuning {display_path(start)} with loss={name} (weight {weight:g}{margins}): {len(train)} ID + "
-          f"{len(outliers)} {outliers.name} outliers, {cfg.epochs} epochs, lr {cfg.lr}, "
-          f"batch {cfg.batch_size}+{cfg.outlier_batch_size}")
+    log.info(f"fine-tuning {display_path(start)} with loss={name} (weight {weight:g}{margins}): {len(train)} ID + "
+             f"{len(outliers)} {outliers.name} outliers, {cfg.epochs} epochs, lr {cfg.lr}, "
+             f"batch {cfg.batch_size}+{cfg.outlier_batch_size}")
     return train_and_save(cfg, run_dir, model, spec, runtime, stage=name, extra=extra, resume_from=resumed,
                           backbone=ckpt["backbone"])

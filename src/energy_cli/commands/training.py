@@ -4,6 +4,7 @@ after every epoch, resuming, stopping on a signal."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from energy_cli.runs.folders import display_path
 from energy_cli.runs.locks import run_lock
 from energy_cli.runs.outputs import write_train_log
 from energy_cli.runs.signals import StopOnSignal
+
+log = logging.getLogger(__name__)
 
 
 def _all_finite(model: torch.nn.Module) -> bool:
@@ -107,7 +110,7 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
             ckpt_io.remove_stale_temporaries(run_dir)   # left by a process killed in the middle of a write
         if resume_from is not None:
             set_rng_state(resume_from["rng"])
-            print(f"resuming {display_path(ckpt_path)} at epoch {state.epoch + 1}, step {state.step}")
+            log.info(f"resuming {display_path(ckpt_path)} at epoch {state.epoch + 1}, step {state.step}")
         try:
             state = fit(model, spec, runtime, optimizer, scheduler, state, save, stop_requested=stop.requested)
         except NonFiniteLoss as exc:
@@ -125,9 +128,9 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     if group.enabled:
         if not distributed.check_identical_weights(model):
             raise RuntimeError("the ranks ended with different weights: a bug in the distributed training path")
-        print(f"weights identical on all {group.world_size} ranks")
+        log.info(f"weights identical on all {group.world_size} ranks")
     last = state.history[-1] if state.history else None
     summary = f"test accuracy {100 * last['test_acc']:.2f}%" if last else "0 epochs: weights unchanged"
-    print(f"{stage}: {summary} after {state.epoch} epochs on {runtime.device.type} ({runtime.precision}); "
-          f"wrote {display_path(ckpt_path)} and {display_path(log_path)}")
+    log.info(f"{stage}: {summary} after {state.epoch} epochs on {runtime.device.type} ({runtime.precision}); "
+             f"wrote {display_path(ckpt_path)} and {display_path(log_path)}")
     return ckpt_path

@@ -90,6 +90,8 @@ def validate(cfg: DictConfig) -> None:
     if str(cfg.get("eval_batch_size", "auto")) != "auto":
         _integer(cfg, "eval_batch_size", 1)
     _boolean(cfg, "overwrite")
+    if cfg.progress not in (True, False, "auto"):
+        raise UserError(f"progress={cfg.progress!r} is not known; choose one of: auto, true, false")
     if command in ("train", "finetune"):
         _integer(cfg, "epochs", 0)
         _integer(cfg, "batch_size", 1)

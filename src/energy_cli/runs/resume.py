@@ -14,6 +14,7 @@ run's folder is locked (runs/locks.py), so it is never picked up a second time."
 
 from __future__ import annotations
 
+import logging
 import shlex
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +23,8 @@ from energy_cli.config.overrides import key_of, last_value, quote
 from energy_cli.errors import UserError
 from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.locks import is_locked
+
+log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: where and how fast it computes, what it prints, how often it saves.
 VOLATILE_KEYS = ("resume", "device", "precision", "progress", "eval_batch_size", "data_root", "download",
@@ -142,7 +145,7 @@ def plan(command: str, args: Sequence[str]) -> list[str]:
         path = find_interrupted(command, composed_config(command, args), search_roots())
         if path is None:
             if value.lower() == "auto":
-                print(f"energy-ood {command}: no interrupted run with this config to resume; starting a new run")
+                log.info(f"energy-ood {command}: no interrupted run with this config to resume; starting a new run")
                 return [a for a in args if key_of(a) != "resume"]
             raise UserError(f"resume=true: no interrupted `{command}` run with this config under outputs/ or "
                             "multirun/ here; pass resume=PATH to a checkpoint.pt, or drop resume= to start anew")
