@@ -12,7 +12,7 @@ import re
 import sys
 from typing import Sequence
 
-from energy_cli.config.overrides import quote
+from energy_cli.config.overrides import quote, sets_key
 from energy_cli.errors import PROG, UserError, fail
 from energy_cli.launch import launch, run_hydra
 
@@ -107,7 +107,7 @@ def collect_paths(command: str, args: Sequence[str]) -> list[str]:
             out.append(arg)
         i += 1
     if paths:
-        if any(a.lstrip("+").startswith(f"{key}=") for a in out):
+        if sets_key(out, key):
             raise UserError(f"give the paths either as arguments or as {key}=[...], not both")
         out.append(f"{key}=[" + ",".join(quote(p) for p in paths) + "]")
     return out

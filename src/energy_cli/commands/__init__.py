@@ -1,5 +1,6 @@
-"""The commands. Each is one thin module with `run(cfg, run_dir)` that assembles data, model, engine
-and outputs; `run_command` is the Hydra task function's body."""
+"""The commands. Each is one thin module with `run(cfg, run_dir, **checked)` that assembles data, model,
+engine and outputs; `checked` holds the typed values validation parsed (finetune: `margins`).
+`run_command` is the Hydra task function's body."""
 
 from __future__ import annotations
 
@@ -42,10 +43,10 @@ def run_command(cfg) -> object:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     log.info(f"energy-ood {cfg.command}: run folder {display_path(run_dir)}")
-    validate(cfg)
+    checked = validate(cfg)
     refuse_to_overwrite(cfg, run_dir)
     module = importlib.import_module(COMMAND_MODULES[cfg.command])
-    return module.run(cfg, run_dir)
+    return module.run(cfg, run_dir, **checked)
 
 
 __all__ = ["COMMAND_MODULES", "display_path", "run_command"]

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from energy_cli.config.overrides import key_of
 from energy_cli.data.batches import Normalizer
 from energy_cli.engine.runtime import Runtime, prepare_model
 from energy_cli.errors import UserError
@@ -65,8 +66,7 @@ def check_compatible(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
         raise UserError(f"{path} holds backbone={ckpt['backbone'].get('name')}, not {cfg.backbone.name}; "
                         f"add backbone={ckpt['backbone'].get('name')}")
     wanted = OmegaConf.to_container(cfg.backbone, resolve=True)
-    typed = {o.split("=", 1)[0].lstrip("+~").split(".", 1)[1] for o in task_overrides()
-             if o.lstrip("+~").startswith("backbone.")}
+    typed = {key_of(o).split(".", 1)[1] for o in task_overrides() if key_of(o).startswith("backbone.")}
     for key in sorted(set(wanted) & set(ckpt["backbone"]) & typed):   # options the user asked for
         if wanted[key] != ckpt["backbone"][key]:
             raise UserError(f"{path} holds a {cfg.backbone.name} with backbone.{key}={ckpt['backbone'][key]}, "

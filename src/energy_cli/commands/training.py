@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from energy_cli.commands.checkpoints import task_overrides
+from energy_cli.config.overrides import key_of
 from energy_cli.engine import distributed
 from energy_cli.engine.loop import (
     LoopState,
@@ -62,7 +63,7 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     total_steps = int(cfg.epochs) * steps_per_epoch(len(spec.train), spec.batch_size)
     scheduler = make_scheduler(optimizer, total_steps, float(cfg.lr))
     ckpt_path, log_path = run_dir / ckpt_io.FILENAME, run_dir / "train_log.csv"
-    overrides = [o for o in task_overrides() if not o.startswith("resume=")]
+    overrides = [o for o in task_overrides() if key_of(o) != "resume"]
     header = {
         "dataset": cfg.dataset.name,
         "backbone": dict(backbone) if backbone is not None else OmegaConf.to_container(cfg.backbone, resolve=True),

@@ -23,6 +23,11 @@ def _parsed(override: str) -> object:
     return OverridesParser.create().parse_override(override).value()
 
 
+def raw_value_of(override: str) -> str:
+    """The text after the first `=` of `key=value`, as typed (quotes kept); "" when there is none."""
+    return override.split("=", 1)[1] if "=" in override else ""
+
+
 def is_override(arg: str) -> bool:
     """True for a `key=value` (or `+key=value`, `~key`) argument, False for a flag such as `-m`."""
     return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
@@ -41,7 +46,7 @@ def is_sweep(override: str) -> bool:
 def value_of(override: str) -> str:
     """The value of `key=value` as Hydra reads it, as text: quotes and escapes removed, null -> "null",
     booleans lower-case; the raw text when Hydra cannot parse it (Hydra reports that itself later)."""
-    raw = override.split("=", 1)[1] if "=" in override else ""
+    raw = raw_value_of(override)
     try:
         value = _parsed(override)
     except Exception:  # noqa: BLE001 - a malformed override is Hydra's to report, with its own message

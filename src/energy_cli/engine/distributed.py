@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from energy_cli.config.overrides import last_value
+
 
 @dataclass(frozen=True)
 class Group:
@@ -61,8 +63,7 @@ def current() -> Group:
 
 def backend_for(overrides: Sequence[str]) -> str:
     """nccl when this run computes on CUDA GPUs, gloo otherwise (device=cpu, or no GPU)."""
-    devices = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "device"]
-    wants_cpu = bool(devices) and devices[-1] == "cpu"
+    wants_cpu = last_value(overrides, "device") == "cpu"
     return "nccl" if torch.cuda.is_available() and not wants_cpu else "gloo"
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from energy_cli.config.logs import progress_enabled
+from energy_cli.config.values import check_device, check_precision
 from energy_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -51,17 +52,12 @@ class Runtime:
 
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda if available, else cpu; cpu / cuda / cuda:N as given (cuda must exist)."""
-    name = str(name)
+    name = check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA GPU is available here; use device=cpu or device=auto")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"device={name} is not supported; use auto, cpu, cuda or cuda:N")
     return device
 
 
@@ -76,16 +72,14 @@ def cpu_has_fast_bf16() -> bool:
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """auto -> bf16 on CUDA GPUs with bf16 support and on CPUs with AMX, fp32 elsewhere; fp32 | bf16 as given."""
-    name = str(name)
+    name = check_precision(name)
     if name == "fp32":
         return None
     if name == "bf16":
         return torch.bfloat16
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    raise UserError(f"precision={name} is not known; use auto, fp32 or bf16")
+    if device.type == "cuda":   # auto
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
 def set_threads(threads: Any) -> int:
