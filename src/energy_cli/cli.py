@@ -12,9 +12,9 @@ import re
 import sys
 from typing import Sequence
 
-from energy_cli.config.overrides import quote
+from energy_cli.config.overrides import quote, sets_key
 from energy_cli.errors import PROG, UserError, fail
-from energy_cli.launch import launch
+from energy_cli.launch import launch, run_hydra
 
 COMMANDS: dict[str, str] = {
     "train": "pretrain a classifier with cross-entropy",
@@ -107,10 +107,54 @@ def collect_paths(command: str, args: Sequence[str]) -> list[str]:
             out.append(arg)
         i += 1
     if paths:
-        if any(a.lstrip("+").startswith(f"{key}=") for a in out):
+        if sets_key(out, key):
             raise UserError(f"give the paths either as arguments or as {key}=[...], not both")
         out.append(f"{key}=[" + ",".join(quote(p) for p in paths) + "]")
     return out
+
+
+COMPLETION_FLAGS = ("-sc", "--shell-completion")
+
+
+def completion_request(args: Sequence[str]) -> str | None:
+    """The value of `-sc VALUE` (install=bash, query=bash, ...) among the arguments, or None."""
+    for i, arg in enumerate(args):
+        if arg in COMPLETION_FLAGS:
+            request = args[i + 1] if i + 1 < len(args) else ""
+            if not re.fullmatch(r"(install|uninstall|query)=(bash|zsh|fish)", request):
+                raise UserError(f"-sc {request} is not known; use -sc install=SHELL (or uninstall=SHELL), "
+                                "SHELL one of bash, zsh, fish")
+            return request
+    return None
+
+
+def shell_completion(command: str | None, request: str) -> None:
+    """Shell completion for the whole program. `energy-ood [COMMAND] -sc install=bash` prints Hydra's script,
+    which registers `energy-ood` with the shell; on TAB the shell runs `energy-ood -sc query=bash` with the
+    line typed so far in COMP_LINE. The word after `energy-ood` completes to a command; later words complete
+    to that command's keys, config groups and choices (Hydra's own completion, given the line without the
+    command word)."""
+    if not request.startswith("query="):
+        run_hydra(command or "train", ["-sc", request])
+        return
+    line = os.environ.get("COMP_LINE", "")
+    words = re.match(r"\s*\S*\s*(\S*)(.*)", line, re.S)
+    typed, rest = (words.group(1), words.group(2)) if words else ("", "")
+    if not rest:   # still typing the command
+        sep = "\n" if request == "query=fish" else " "
+        print(sep.join(name for name in COMMANDS if name.startswith(typed)))
+        return
+    if typed not in COMMANDS:
+        return
+    saved = os.environ.get("COMP_LINE")
+    os.environ["COMP_LINE"] = PROG + rest
+    try:
+        run_hydra(typed, ["-sc", request])
+    finally:
+        if saved is None:
+            os.environ.pop("COMP_LINE", None)
+        else:
+            os.environ["COMP_LINE"] = saved
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -128,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     command, rest = args[0], args[1:]
     try:
+        request = completion_request(args)
+        if request is not None:
+            shell_completion(command if command in COMMANDS else None, request)
+            return
         if command not in COMMANDS:
             raise UserError(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)} ({PROG} --help)")
         overrides = collect_paths(command, expand_shorthands(rest))

@@ -3,12 +3,15 @@ errors into one line, and orchestrate torchrun ranks and SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import warnings
-from typing import Callable, Sequence
+from typing import Iterator, Sequence
 
+from energy_cli.config.logs import console_logging
+from energy_cli.config.overrides import sets_key
 from energy_cli.config.paths import config_dir
 from energy_cli.errors import PROG, Interrupted, UserError, fail
 
@@ -22,7 +25,7 @@ def _is_config_error(exc: BaseException) -> bool:
     return isinstance(exc, (HydraException, OmegaConfBaseException))
 
 
-def _config_error_line(exc: BaseException) -> str:
+def _config_error_line(exc: BaseException, command: str) -> str:
     """Hydra's multi-line composition messages, folded into one line with a hint."""
 
     missing = re.search(r"Could not find '([\w/]+)/([^'/]+)'\s*Available options in '[\w/]+':\s*((?:\s*\S+\n?)*?)\s*"
@@ -30,7 +33,6 @@ def _config_error_line(exc: BaseException) -> str:
     if missing:   # an unknown config-group choice, e.g. dataset=mnist
         group, name, options = missing.group(1), missing.group(2), missing.group(3).split()
         return f"{group}={name} is not known; choose one of: {', '.join(options)}"
-    command = sys.argv[0].split(f"{PROG}-", 1)[1] if sys.argv and sys.argv[0].startswith(f"{PROG}-") else "<command>"
     unknown = re.search(r"Could not override '([^']+)'", str(exc))
     if unknown and "not in struct" in f"{exc} {exc.__cause__}":   # a key no config defines (Hydra would suggest `+key=`)
         return (f"unknown key '{unknown.group(1)}'; see the keys with: {PROG} {command} --cfg job "
@@ -45,17 +47,14 @@ def _config_error_line(exc: BaseException) -> str:
     return text
 
 
-def _report(func: Callable[[], object]) -> object:
-    """Stands in for Hydra's run_and_report: user and config errors become one line, bugs keep a traceback."""
-    try:
-        return func()
-    except UserError as exc:
-        fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - re-raised below unless it is a config error
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _is_config_error(exc):
-            raise
-        fail(_config_error_line(exc))
-    return None
+_full_errors_by_user: bool | None = None   # HYDRA_FULL_ERROR as the user set it (run_hydra sets it for Hydra)
+
+
+def _wants_full_errors() -> bool:
+    """HYDRA_FULL_ERROR=1 (Hydra's own switch), set by the user: config errors keep their traceback too."""
+    if _full_errors_by_user is not None:
+        return _full_errors_by_user
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def _task(cfg) -> object:
@@ -75,28 +74,64 @@ def _task(cfg) -> object:
         sys.stderr.flush()
         raise SystemExit(exc.status) from None
     except OmegaConfBaseException as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if _wants_full_errors():
             raise
-        fail(_config_error_line(exc))
+        fail(_config_error_line(exc, str(cfg.get("command", "<command>"))))
     return None
 
 
-def run_hydra(command: str, overrides: Sequence[str]) -> None:
-    """Run the command's Hydra app with the given overrides, as if typed on the command line."""
-    import hydra
-    import hydra._internal.utils as hydra_utils
+@contextlib.contextmanager
+def _as_command_line(overrides: Sequence[str]) -> Iterator[None]:
+    """While the body runs, `sys.argv` is `energy-ood OVERRIDES...` (a Hydra app reads its arguments there)
+    and HYDRA_FULL_ERROR=1, so that Hydra raises its errors to the caller instead of printing them itself."""
+    saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [PROG, *overrides]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
 
-    hydra_utils.run_and_report = _report
+
+def run_hydra(command: str, overrides: Sequence[str]) -> None:
+    """Run the command's Hydra app with the given overrides, as if typed on the command line. Hydra raises
+    what goes wrong (see _as_command_line); a user error or a config error becomes one line here, anything
+    else (a bug) keeps its traceback; HYDRA_FULL_ERROR=1 set by the user keeps every traceback."""
+    import hydra
+
     # conf/hydra/launcher/submitit_slurm.yaml deliberately shares the SLURM plugin's config name (and is
     # checked against its schema); Hydra warns about that pattern on every run
     warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
-    saved_argv = sys.argv
-    sys.argv = [f"{PROG}-{command}", *overrides]
+    global _full_errors_by_user
+    saved, _full_errors_by_user = _full_errors_by_user, _wants_full_errors()
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)(_task)
     try:
-        app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)(_task)
-        app()
+        with _as_command_line(overrides):
+            app()
+    except UserError as exc:
+        fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - re-raised below unless it is a config error
+        if _full_errors_by_user or not _is_config_error(exc):
+            raise
+        fail(_config_error_line(exc, command))
     finally:
-        sys.argv = saved_argv
+        _full_errors_by_user = saved
+
+
+def _report_errors(command: str, func):
+    """`func()`, with a config error (from composing the config before Hydra runs) as one line."""
+    try:
+        return func()
+    except UserError as exc:
+        fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - re-raised below unless it is a config error
+        if _wants_full_errors() or not _is_config_error(exc):
+            raise
+        fail(_config_error_line(exc, command))
 
 
 def _plan_run(command: str, overrides: list[str]) -> tuple[list[str], object]:
@@ -105,7 +140,7 @@ def _plan_run(command: str, overrides: list[str]) -> tuple[list[str], object]:
     from energy_cli.runs.folders import starts_a_job, with_run_folder
 
     if starts_a_job(overrides):
-        overrides = _report(lambda: resume.plan(command, overrides))  # type: ignore[assignment]
+        overrides = _report_errors(command, lambda: resume.plan(command, overrides))
     try:
         return with_run_folder(command, overrides)
     except UserError as exc:
@@ -134,12 +169,15 @@ def _run_distributed(command: str, overrides: list[str], group) -> None:
             plan = distributed.broadcast(plan)
         else:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints the run's story
+            console_logging()                   # (to the new stdout)
             plan = distributed.broadcast(None)
         if plan[0] == "exit":
             raise SystemExit(plan[1])
         overrides = list(plan[1])
-        if not group.is_main and not any(o.startswith("hydra.output_subdir=") for o in overrides):
-            overrides.append("hydra.output_subdir=null")   # rank 0 writes .hydra/
+        if not group.is_main:   # rank 0 writes .hydra/ and the run's log file
+            if not sets_key(overrides, "hydra.output_subdir"):
+                overrides.append("hydra.output_subdir=null")
+            overrides.append("hydra/job_logging=none")
         ok = False
         try:
             run_hydra(command, overrides)
@@ -182,6 +220,7 @@ def launch(command: str, overrides: list[str]) -> None:
     from energy_cli.engine import distributed  # lazy: keeps --help fast (no torch)
     from energy_cli.runs.folders import remove_if_unused
 
+    console_logging()
     group = distributed.from_env()
     if group.enabled:   # started by torchrun
         if command not in TRAINING_COMMANDS:
@@ -202,5 +241,6 @@ def launch(command: str, overrides: list[str]) -> None:
              status=128 + signum)
     finally:
         _restore_sigterm(previous)
+        console_logging()   # closes the run's log file
         if not ok:
             remove_if_unused(claimed)

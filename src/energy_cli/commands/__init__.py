@@ -1,15 +1,19 @@
-"""The commands. Each is one thin module with `run(cfg, run_dir)` that assembles data, model, engine
-and outputs; `run_command` is the Hydra task function's body."""
+"""The commands. Each is one thin module with `run(cfg, run_dir, **checked)` that assembles data, model,
+engine and outputs; `checked` holds the typed values validation parsed (finetune: `margins`).
+`run_command` is the Hydra task function's body."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 
 from energy_cli.commands.validate import validate
 from energy_cli.engine import distributed
 from energy_cli.errors import UserError
 from energy_cli.runs.folders import display_path, earlier_outputs
+
+log = logging.getLogger(__name__)
 
 COMMAND_MODULES = {
     "train": "energy_cli.commands.train",
@@ -37,11 +41,11 @@ def run_command(cfg) -> object:
 
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    print(f"energy-ood {cfg.command}: run folder {display_path(run_dir)}", flush=True)
-    validate(cfg)
+    log.info(f"energy-ood {cfg.command}: run folder {display_path(run_dir)}")
+    checked = validate(cfg)
     refuse_to_overwrite(cfg, run_dir)
     module = importlib.import_module(COMMAND_MODULES[cfg.command])
-    return module.run(cfg, run_dir)
+    return module.run(cfg, run_dir, **checked)
 
 
 __all__ = ["COMMAND_MODULES", "display_path", "run_command"]

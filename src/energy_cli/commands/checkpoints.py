@@ -3,17 +3,21 @@ loading it into a model."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from energy_cli.config.overrides import key_of
 from energy_cli.data.batches import Normalizer
 from energy_cli.engine.runtime import Runtime, prepare_model
 from energy_cli.errors import UserError
 from energy_cli.models import Classifier, build_model
 from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.folders import display_path, search_roots
+
+log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "energy", "oe")
 
@@ -62,8 +66,7 @@ def check_compatible(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
         raise UserError(f"{path} holds backbone={ckpt['backbone'].get('name')}, not {cfg.backbone.name}; "
                         f"add backbone={ckpt['backbone'].get('name')}")
     wanted = OmegaConf.to_container(cfg.backbone, resolve=True)
-    typed = {o.split("=", 1)[0].lstrip("+~").split(".", 1)[1] for o in task_overrides()
-             if o.lstrip("+~").startswith("backbone.")}
+    typed = {key_of(o).split(".", 1)[1] for o in task_overrides() if key_of(o).startswith("backbone.")}
     for key in sorted(set(wanted) & set(ckpt["backbone"]) & typed):   # options the user asked for
         if wanted[key] != ckpt["backbone"][key]:
             raise UserError(f"{path} holds a {cfg.backbone.name} with backbone.{key}={ckpt['backbone'][key]}, "
@@ -80,8 +83,8 @@ def load_model(path: Path, cfg: DictConfig, runtime: Runtime) -> tuple[Classifie
     ckpt = ckpt_io.load_checkpoint(path)
     model = model_from_checkpoint(ckpt, cfg, path, runtime)
     if "finished" in ckpt and not ckpt["finished"]:
-        print(f"note: {display_path(path)} is an interrupted run (epoch {ckpt.get('epoch')} of "
-              f"{(ckpt.get('config') or {}).get('epochs', '?')}); using it as it is")
+        log.info(f"note: {display_path(path)} is an interrupted run (epoch {ckpt.get('epoch')} of "
+                 f"{(ckpt.get('config') or {}).get('epochs', '?')}); using it as it is")
     return model, ckpt
 
 

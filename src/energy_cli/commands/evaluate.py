@@ -9,6 +9,7 @@ set once per checkpoint, the fit cached in `mahalanobis.pt` next to the checkpoi
 from __future__ import annotations
 
 import hashlib
+import logging
 import zlib
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ from energy_cli.runs.outputs import format_table, write_results, write_scores
 from energy_cli.runs.thresholds import FILENAME as THRESHOLDS_FILE
 from energy_cli.runs.thresholds import TPR, thresholds_document, write_thresholds
 
+log = logging.getLogger(__name__)
+
 
 def fit_key(ckpt_path: Path, train: ImageSet, runtime: Runtime) -> str:
     """What a Mahalanobis fit depends on: the checkpoint's bytes, the training images and labels, and the
@@ -72,7 +75,7 @@ def fit_detectors(detectors: list[Detector], train: ImageSet, ckpt_path: Path, r
         state = ckpt_io.load_fit_cache(cache, key)
         if state is not None:
             det.load_state_dict(state)
-            print(f"{det.name}: reusing the fit cached in {display_path(cache)}")
+            log.info(f"{det.name}: reusing the fit cached in {display_path(cache)}")
             continue
         det.fit(train)
         try:
@@ -80,7 +83,7 @@ def fit_detectors(detectors: list[Detector], train: ImageSet, ckpt_path: Path, r
             note = f"cached in {display_path(cache)}"
         except OSError as exc:
             note = f"kept in memory only: cannot write {display_path(cache)}: {exc.strerror or exc}"
-        print(f"{det.name}: fitted on {len(train)} {train.name} training images ({note})")
+        log.info(f"{det.name}: fitted on {len(train)} {train.name} training images ({note})")
 
 
 def metric_rows(scores: dict[str, dict[str, np.ndarray]], score_names: list[str], ood_names: list[str],
@@ -133,7 +136,7 @@ def store_thresholds(id_scores: dict[str, np.ndarray], temperatures: dict[str, f
     except OSError as exc:
         where += f" (not next to the checkpoint: {exc.strerror or exc})"
     cells = ", ".join(f"{name} {t:.6g}" for name, (t, _) in found.items())
-    print(f"thresholds at {TPR:.0%} ID TPR (in-distribution when score >= threshold): {cells}; wrote {where}")
+    log.info(f"thresholds at {TPR:.0%} ID TPR (in-distribution when score >= threshold): {cells}; wrote {where}")
     return found
 
 
@@ -170,8 +173,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     shape = id_shape(cfg)
     train, test = load_id(cfg)
     oods = [load_ood(name, cfg, shape) for name in ood_names]   # every set first: a missing one fails fast
-    print(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
-          f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
+    log.info(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
+             f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
 
     batch_size = runtime.eval_batch_size
     detectors = build_detectors(score_names, model, normalizer, runtime, temperature=temperature,
@@ -199,14 +202,14 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
         arrays = {f"{name}/{score}": values for name, per in scores.items() for score, values in per.items()}
         arrays.update({f"{name}/logits": values.numpy() for name, values in logits.items()})
         write_scores(run_dir / "scores.npz", arrays)
-    print(format_table(rows))
+    log.info(format_table(rows))
     header = {"checkpoint": str(path.resolve()), "dataset": cfg.dataset.name, "backbone": ckpt["backbone"]["name"],
               "stage": ckpt["stage"]}
     thresholds = store_thresholds(scores["id"], temperatures, header, run_dir, path)
     if cfg.plots:
         title = f"{cfg.dataset.name} / {ckpt['backbone']['name']} / stage {ckpt['stage']}"
         pictures = draw_plots(run_dir, scores, score_names, ood_names, thresholds, title)
-        print(f"drew {len(pictures)} pictures: {display_path(run_dir)}/hist_<set>.png and roc_<set>.png")
-    print(f"wrote {display_path(run_dir / 'results.csv')}"
-          + (f" and {display_path(run_dir / 'scores.npz')}" if cfg.save_scores else ""))
+        log.info(f"drew {len(pictures)} pictures: {display_path(run_dir)}/hist_<set>.png and roc_<set>.png")
+    log.info(f"wrote {display_path(run_dir / 'results.csv')}"
+             + (f" and {display_path(run_dir / 'scores.npz')}" if cfg.save_scores else ""))
     return rows

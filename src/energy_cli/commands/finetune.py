@@ -6,6 +6,7 @@ m_out=auto the margins are measured from the starting model first (margins.json)
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from energy_cli.commands.checkpoints import (
     model_from_checkpoint,
 )
 from energy_cli.commands.training import train_and_save
-from energy_cli.commands.validate import margin_value
+from energy_cli.config.values import Margins
 from energy_cli.data import id_shape, load_id, load_outliers
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.images import ImageSet
@@ -28,33 +29,34 @@ from energy_cli.engine.runtime import Runtime, runtime_from_config
 from energy_cli.engine.seeding import mix_seed, seed_everything
 from energy_cli.errors import UserError
 from energy_cli.fileio import atomic_write_bytes
-from energy_cli.ood import margins
+from energy_cli.ood import margins as ood_margins
 from energy_cli.ood.losses import cross_entropy, finetune_regulariser
 from energy_cli.runs import resume
 from energy_cli.runs.folders import display_path
 
+log = logging.getLogger(__name__)
 
-def resolve_auto_margins(cfg: DictConfig, run_dir: Path, model, train: ImageSet, outliers: ImageSet,
+
+def resolve_auto_margins(cfg: DictConfig, given: Margins, run_dir: Path, model, train: ImageSet, outliers: ImageSet,
                          normalizer: Normalizer, runtime: Runtime, start: Path) -> tuple[float, float, dict[str, Any]]:
     """m_in / m_out as configured, `auto` ones measured from the starting model (margins.auto_margins);
-    prints the measurement and writes margins.json into the run folder."""
-    given_in, given_out = margin_value(cfg, "m_in"), margin_value(cfg, "m_out")
+    logs the measurement and writes margins.json into the run folder."""
+    given_in, given_out = given.m_in, given.m_out
     temperature, batch = float(cfg.temperature), runtime.eval_batch_size
     e_in = measure_energies(model, train, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 11))
     e_out = measure_energies(model, outliers, normalizer, runtime, temperature, batch, mix_seed(int(cfg.seed), 12))
-    auto_in, auto_out = margins.auto_margins(e_in, e_out)
-    m_in = auto_in if given_in is None else given_in
-    m_out = auto_out if given_out is None else given_out
-    stats_in, stats_out = margins.energy_summary(e_in), margins.energy_summary(e_out)
-    print(f"auto margins from {display_path(start)} at T={temperature:g}: ID train energies mean "
-          f"{stats_in['mean']:.2f} (5%..95% {stats_in['p5']:.2f}..{stats_in['p95']:.2f}, n={stats_in['n']}); "
-          f"{outliers.name} energies mean {stats_out['mean']:.2f} (5%..95% {stats_out['p5']:.2f}.."
-          f"{stats_out['p95']:.2f}, n={stats_out['n']})")
-    print(f"  -> m_in = {m_in:g} ({'auto: mean ID energy' if given_in is None else 'given'}), "
-          f"m_out = {m_out:g} ({f'auto: {margins.AUTO_OUT_PERCENTILE:g}th percentile of the outlier energies' if given_out is None else 'given'})")
+    auto_in, auto_out = ood_margins.auto_margins(e_in, e_out)
+    m_in, m_out = given.with_measured(auto_in, auto_out)
+    stats_in, stats_out = ood_margins.energy_summary(e_in), ood_margins.energy_summary(e_out)
+    log.info(f"auto margins from {display_path(start)} at T={temperature:g}: ID train energies mean "
+             f"{stats_in['mean']:.2f} (5%..95% {stats_in['p5']:.2f}..{stats_in['p95']:.2f}, n={stats_in['n']}); "
+             f"{outliers.name} energies mean {stats_out['mean']:.2f} (5%..95% {stats_out['p5']:.2f}.."
+             f"{stats_out['p95']:.2f}, n={stats_out['n']})")
+    log.info(f"  -> m_in = {m_in:g} ({'auto: mean ID energy' if given_in is None else 'given'}), "
+             f"m_out = {m_out:g} ({f'auto: {ood_margins.AUTO_OUT_PERCENTILE:g}th percentile of the outlier energies' if given_out is None else 'given'})")
     record = {
         "m_in": m_in, "m_out": m_out, "m_in_auto": given_in is None, "m_out_auto": given_out is None,
-        "rule": f"m_in = mean ID training energy, m_out = {margins.AUTO_OUT_PERCENTILE:g}th percentile of the outlier "
+        "rule": f"m_in = mean ID training energy, m_out = {ood_margins.AUTO_OUT_PERCENTILE:g}th percentile of the outlier "
                 "energies, of the starting model in eval mode, rounded to 0.01",
         "temperature": temperature, "start_checkpoint": str(start.resolve()), "outliers": outliers.name,
         "id_energy": stats_in, "outlier_energy": stats_out,
@@ -68,7 +70,8 @@ def resolve_auto_margins(cfg: DictConfig, run_dir: Path, model, train: ImageSet,
     return m_in, m_out, record
 
 
-def run(cfg: DictConfig, run_dir: Path) -> Path:
+def run(cfg: DictConfig, run_dir: Path, margins: Margins | None) -> Path:
+    """Fine-tune; `margins` (loss=energy; None for loss=oe) as validation parsed them from m_in / m_out."""
     resumed = resume.load_for_resume(cfg)
     runtime = runtime_from_config(cfg)
     seed_everything(int(cfg.seed))
@@ -86,14 +89,17 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                              "temperature": temperature, "outliers": outliers.name}
     m_in = m_out = 0.0
     if name == "energy":
-        m_in, m_out = margin_value(cfg, "m_in"), margin_value(cfg, "m_out")
-        if resumed is not None and (m_in is None or m_out is None):
+        assert margins is not None, "validate() parses the margins of loss=energy"
+        if resumed is not None and margins.any_auto:
             # auto margins were measured on the starting model when the run began; keep them
             m_in, m_out = float(resumed["extra"]["m_in"]), float(resumed["extra"]["m_out"])
             extra["auto_margins"] = resumed["extra"].get("auto_margins")
-        elif m_in is None or m_out is None:
-            m_in, m_out, record = resolve_auto_margins(cfg, run_dir, model, train, outliers, normalizer, runtime, start)
+        elif margins.any_auto:
+            m_in, m_out, record = resolve_auto_margins(cfg, margins, run_dir, model, train, outliers, normalizer,
+                                                       runtime, start)
             extra["auto_margins"] = record
+        else:
+            m_in, m_out = margins.m_in, margins.m_out  # type: ignore[assignment]
         extra.update(m_in=m_in, m_out=m_out)
     else:
         extra.update(m_in=cfg.m_in, m_out=cfg.m_out)
@@ -110,9 +116,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         eval_batch_size=runtime.eval_batch_size, checkpoint_every_steps=int(cfg.checkpoint_every_steps),
         description=f"finetune ({name})",
     )
-    margins = f", m_in {m_in:g}, m_out {m_out:g}, T {temperature:g}" if name == "energy" else ""
-    print(f"fine-tuning {display_path(start)} with loss={name} (weight {weight:g}{margins}): {len(train)} ID + "
-          f"{len(outliers)} {outliers.name} outliers, {cfg.epochs} epochs, lr {cfg.lr}, "
-          f"batch {cfg.batch_size}+{cfg.outlier_batch_size}")
+    shown = f", m_in {m_in:g}, m_out {m_out:g}, T {temperature:g}" if name == "energy" else ""
+    log.info(f"fine-tuning {display_path(start)} with loss={name} (weight {weight:g}{shown}): {len(train)} ID + "
+             f"{len(outliers)} {outliers.name} outliers, {cfg.epochs} epochs, lr {cfg.lr}, "
+             f"batch {cfg.batch_size}+{cfg.outlier_batch_size}")
     return train_and_save(cfg, run_dir, model, spec, runtime, stage=name, extra=extra, resume_from=resumed,
                           backbone=ckpt["backbone"])

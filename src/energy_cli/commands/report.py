@@ -5,6 +5,7 @@ summary; draws a heatmap per table when the runs vary exactly two settings."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -16,6 +17,8 @@ from energy_cli.reporting import gather, render
 from energy_cli.reporting import tables as report_tables
 from energy_cli.runs.folders import RUN_ROOT, SWEEP_ROOT, display_path
 from energy_cli.runs.outputs import write_csv
+
+log = logging.getLogger(__name__)
 
 
 def draw_heatmaps(tables: list[report_tables.Table], run_dir: Path) -> dict[str, str]:
@@ -48,22 +51,22 @@ def run(cfg: DictConfig, run_dir: Path) -> list[report_tables.Table]:
                             "name the runs: energy-ood report PATH...")
     runs, skipped = gather.load_runs(sources)
     for note in skipped:
-        print(f"skipped {note}")
+        log.info(f"skipped {note}")
     if not runs:
         raise UserError(f"no results.csv under {', '.join(sources)}: nothing to report "
                         "(run `energy-ood eval` first, or name the folders that hold its runs)")
     columns = gather.setting_columns(runs)
     tables = report_tables.build_tables(runs)
     varying = list(dict.fromkeys(k for t in tables for k in t.keys + (["seed"] if len(t.seeds) > 1 else [])))
-    print(f"{len(runs)} eval runs under {', '.join(sources)}"
-          + (f"; settings that vary: {', '.join(varying)}" if varying else ""))
+    log.info(f"{len(runs)} eval runs under {', '.join(sources)}"
+             + (f"; settings that vary: {', '.join(varying)}" if varying else ""))
 
     rows, csv_columns = report_tables.report_rows(runs, columns, display_path)
     write_csv(run_dir / "report.csv", rows, csv_columns)
     pictures = draw_heatmaps(tables, run_dir) if cfg.plots else {}
     text = render.markdown(tables, runs, sources, pictures)
     atomic_write_bytes(run_dir / "report.md", text.encode())
-    print(render.console(tables))
+    log.info(render.console(tables))
     written = ["report.csv", "report.md", *pictures.values()]
-    print(f"wrote {', '.join(display_path(run_dir / name) for name in written)}")
+    log.info(f"wrote {', '.join(display_path(run_dir / name) for name in written)}")
     return tables

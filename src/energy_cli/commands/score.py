@@ -5,6 +5,7 @@ files could not be decoded. The ood flag uses the energy threshold `eval` stored
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from energy_cli.runs.folders import display_path
 from energy_cli.runs.outputs import write_csv
 from energy_cli.runs.thresholds import FILENAME as THRESHOLDS_FILE
 from energy_cli.runs.thresholds import read_thresholds
+
+log = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ["path", "class", "softmax", "energy_score", "ood"]
 UNREADABLE_COLUMNS = ["path", "reason"]
@@ -74,8 +77,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     threshold, source = energy_threshold(cfg, ckpt_path, temperature)
     shape = (int(ckpt["in_channels"]), int(ckpt["image_size"]), int(ckpt["image_size"]))
     chunk = max(1, int(cfg.chunk_size))
-    print(f"scoring {len(files)} image files with {display_path(ckpt_path)} (stage {ckpt['stage']}), resized to "
-          f"{shape[0]}x{shape[1]}x{shape[2]}; ood when energy score < {threshold:.6g} ({source})")
+    log.info(f"scoring {len(files)} image files with {display_path(ckpt_path)} (stage {ckpt['stage']}), resized to "
+             f"{shape[0]}x{shape[1]}x{shape[2]}; ood when energy score < {threshold:.6g} ({source})")
 
     from tqdm.auto import tqdm
 
@@ -99,8 +102,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     if failed:
         write_csv(run_dir / "unreadable.csv", [{"path": str(p), "reason": r} for p, r in failed], UNREADABLE_COLUMNS)
         shown = "; ".join(f"{p} ({r})" for p, r in failed[:5]) + ("; ..." if len(failed) > 5 else "")
-        print(f"{len(failed)} of {len(files)} files could not be read (listed in "
-              f"{display_path(run_dir / 'unreadable.csv')}): {shown}")
+        log.info(f"{len(failed)} of {len(files)} files could not be read (listed in "
+                 f"{display_path(run_dir / 'unreadable.csv')}): {shown}")
     if not rows:
         raise UserError(f"none of the {len(files)} files could be decoded as an image; see "
                         f"{display_path(run_dir / 'unreadable.csv')}")
@@ -109,10 +112,10 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     flagged = sum(r["ood"] for r in rows)
     classes = Counter(r["class"] for r in rows)
     energies = torch.tensor([r["energy_score"] for r in rows], dtype=torch.float64)
-    print(f"scored {len(rows)} images: {flagged} ({100 * flagged / len(rows):.1f}%) flagged ood, "
-          f"{len(rows) - flagged} in-distribution; energy score median {energies.median():.2f} "
-          f"(min {energies.min():.2f}, max {energies.max():.2f})")
+    log.info(f"scored {len(rows)} images: {flagged} ({100 * flagged / len(rows):.1f}%) flagged ood, "
+             f"{len(rows) - flagged} in-distribution; energy score median {energies.median():.2f} "
+             f"(min {energies.min():.2f}, max {energies.max():.2f})")
     top = ", ".join(f"{c}: {n}" for c, n in sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
-    print(f"predicted classes (class: images): {top}" + (" ..." if len(classes) > 10 else ""))
-    print(f"wrote {display_path(run_dir / 'scores.csv')}")
+    log.info(f"predicted classes (class: images): {top}" + (" ..." if len(classes) > 10 else ""))
+    log.info(f"wrote {display_path(run_dir / 'scores.csv')}")
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -15,6 +16,8 @@ from energy_cli.engine.seeding import seed_everything
 from energy_cli.models import build_model
 from energy_cli.ood.losses import cross_entropy
 from energy_cli.runs import resume
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
@@ -31,6 +34,6 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         eval_batch_size=runtime.eval_batch_size, checkpoint_every_steps=int(cfg.checkpoint_every_steps),
         description="train",
     )
-    print(f"training {cfg.backbone.name} on {cfg.dataset.name}: {len(train)} train / {len(test)} test images, "
-          f"{cfg.epochs} epochs, lr {cfg.lr}, batch {cfg.batch_size}, {runtime.device.type} {runtime.precision}")
+    log.info(f"training {cfg.backbone.name} on {cfg.dataset.name}: {len(train)} train / {len(test)} test images, "
+             f"{cfg.epochs} epochs, lr {cfg.lr}, batch {cfg.batch_size}, {runtime.device.type} {runtime.precision}")
     return train_and_save(cfg, run_dir, model, spec, runtime, stage="pretrain", resume_from=resumed)

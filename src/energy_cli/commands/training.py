@@ -4,6 +4,7 @@ after every epoch, resuming, stopping on a signal."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from energy_cli.commands.checkpoints import task_overrides
+from energy_cli.config.overrides import key_of
 from energy_cli.engine import distributed
 from energy_cli.engine.loop import (
     LoopState,
@@ -33,6 +35,8 @@ from energy_cli.runs.folders import display_path
 from energy_cli.runs.locks import run_lock
 from energy_cli.runs.outputs import write_train_log
 from energy_cli.runs.signals import StopOnSignal
+
+log = logging.getLogger(__name__)
 
 
 def _all_finite(model: torch.nn.Module) -> bool:
@@ -60,7 +64,7 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     total_steps = int(cfg.epochs) * steps_per_epoch(len(spec.train), spec.batch_size)
     scheduler = make_scheduler(optimizer, total_steps, float(cfg.lr))
     ckpt_path, log_path = run_dir / ckpt_io.FILENAME, run_dir / "train_log.csv"
-    overrides = [o for o in task_overrides() if not o.startswith("resume=")]
+    overrides = [o for o in task_overrides() if key_of(o) != "resume"]
     header = {
         "dataset": cfg.dataset.name,
         "backbone": dict(backbone) if backbone is not None else OmegaConf.to_container(cfg.backbone, resolve=True),
@@ -108,7 +112,7 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
             remove_stale_temporaries(run_dir)   # left by a process killed in the middle of a write
         if resume_from is not None:
             set_rng_state(resume_from["rng"])
-            print(f"resuming {display_path(ckpt_path)} at epoch {state.epoch + 1}, step {state.step}")
+            log.info(f"resuming {display_path(ckpt_path)} at epoch {state.epoch + 1}, step {state.step}")
         try:
             state = fit(model, spec, runtime, optimizer, scheduler, state, save, stop_requested=stop.requested)
         except NonFiniteLoss as exc:
@@ -126,11 +130,11 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     if group.enabled:
         if not distributed.check_identical_weights(model):
             raise RuntimeError("the ranks ended with different weights: a bug in the distributed training path")
-        print(f"weights identical on all {group.world_size} ranks")
+        log.info(f"weights identical on all {group.world_size} ranks")
     last = state.history[-1] if state.history else None
     summary = f"test accuracy {100 * last['test_acc']:.2f}%" if last else "0 epochs: weights unchanged"
-    print(f"{stage}: {summary} after {state.epoch} epochs on {runtime.device.type} ({runtime.precision}); "
-          f"wrote {display_path(ckpt_path)} and {display_path(log_path)}")
+    log.info(f"{stage}: {summary} after {state.epoch} epochs on {runtime.device.type} ({runtime.precision}); "
+             f"wrote {display_path(ckpt_path)} and {display_path(log_path)}")
     return ckpt_path
 
 

@@ -4,9 +4,11 @@ what it accepts. (Hydra already rejects unknown keys and unknown config-group ch
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from energy_cli.config.values import check_device, check_precision, parse_margins
 from energy_cli.data import ID_DATASETS, OUTLIERS, resolve_ood_names
 from energy_cli.detectors import resolve_score_names
 from energy_cli.errors import UserError
@@ -58,30 +60,19 @@ def _flag(cfg: DictConfig, key: str) -> None:
         raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be true or false")
 
 
-def margin_value(cfg: DictConfig, key: str) -> float | None:
-    """m_in / m_out: a number, or None for `auto` (measured from the starting model by finetune)."""
-    if str(OmegaConf.select(cfg, key)) == "auto":
-        return None
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise UserError(f"{key}={value!r} must be a number or auto")
-    return float(value)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Raise UserError for the first invalid value in `cfg` (the config of one command)."""
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Raise UserError for the first invalid value in `cfg` (the config of one command). Returns the typed
+    values the command's `run` takes besides the config (finetune: `margins`, a Margins or None for loss=oe)."""
 
     command = cfg.command
     if command == "report":
         _flag(cfg, "plots")
-        return
+        return {}
     _integer(cfg, "seed", 0)
     _choice(cfg, "dataset.name", sorted(ID_DATASETS))
     _choice(cfg, "backbone.name", list(BACKBONES))
-    _choice(cfg, "precision", ["auto", "fp32", "bf16"])
-    device = str(cfg.device)
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-        raise UserError(f"device={device} is not known; choose one of: auto, cpu, cuda, cuda:N")
+    check_precision(cfg.precision)
+    check_device(cfg.device)
     threads = cfg.get("threads", "auto")
     if str(threads) != "auto":
         _integer(cfg, "threads", 1)
@@ -91,6 +82,8 @@ def validate(cfg: DictConfig) -> None:
     if str(cfg.get("eval_batch_size", "auto")) != "auto":
         _integer(cfg, "eval_batch_size", 1)
     _boolean(cfg, "overwrite")
+    if cfg.progress not in (True, False, "auto"):
+        raise UserError(f"progress={cfg.progress!r} is not known; choose one of: auto, true, false")
     if command in ("train", "finetune"):
         _integer(cfg, "epochs", 0)
         _integer(cfg, "batch_size", 1)
@@ -111,11 +104,7 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg, "outliers.name", sorted(OUTLIERS))
         _choice(cfg, "loss.name", ["energy", "oe"])
         _non_negative(cfg, "loss.weight")
-        if cfg.loss.name == "energy":
-            m_in, m_out = margin_value(cfg, "m_in"), margin_value(cfg, "m_out")
-            if m_in is not None and m_out is not None and not m_in < m_out:
-                raise UserError(f"m_in={m_in:g} must be below m_out={m_out:g} (ID energies are pushed below m_in, "
-                                "outlier energies above m_out)")
+        return {"margins": parse_margins(cfg.m_in, cfg.m_out) if cfg.loss.name == "energy" else None}
     if command == "eval":
 
         resolve_ood_names(cfg.ood, cfg.dataset)
@@ -129,3 +118,4 @@ def validate(cfg: DictConfig) -> None:
         _flag(cfg, "plots")
     if command == "score" and cfg.threshold is not None:
         _number(cfg, "threshold")
+    return {}

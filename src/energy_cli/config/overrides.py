@@ -23,10 +23,30 @@ def _parsed(override: str) -> object:
     return OverridesParser.create().parse_override(override).value()
 
 
+def raw_value_of(override: str) -> str:
+    """The text after the first `=` of `key=value`, as typed (quotes kept); "" when there is none."""
+    return override.split("=", 1)[1] if "=" in override else ""
+
+
+def is_override(arg: str) -> bool:
+    """True for a `key=value` (or `+key=value`, `~key`) argument, False for a flag such as `-m`."""
+    return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
+
+
+def is_sweep(override: str) -> bool:
+    """True for an override that lists several values to sweep over (`lr=0.1,0.2`, `seed=range(3)`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except Exception:  # noqa: BLE001 - a malformed override is Hydra's to report, with its own message
+        return False
+
+
 def value_of(override: str) -> str:
     """The value of `key=value` as Hydra reads it, as text: quotes and escapes removed, null -> "null",
     booleans lower-case; the raw text when Hydra cannot parse it (Hydra reports that itself later)."""
-    raw = override.split("=", 1)[1] if "=" in override else ""
+    raw = raw_value_of(override)
     try:
         value = _parsed(override)
     except Exception:  # noqa: BLE001 - a malformed override is Hydra's to report, with its own message
@@ -40,12 +60,12 @@ def value_of(override: str) -> str:
 
 def last_value(args: Sequence[str], key: str) -> str | None:
     """The value of the last override of `key` among `args` (flags skipped), or None when none sets it."""
-    values = [value_of(a) for a in args if not a.startswith("-") and "=" in a and key_of(a) == key]
+    values = [value_of(a) for a in args if is_override(a) and "=" in a and key_of(a) == key]
     return values[-1] if values else None
 
 
 def sets_key(args: Sequence[str], key: str) -> bool:
-    return any(not a.startswith("-") and "=" in a and key_of(a) == key for a in args)
+    return any(is_override(a) and "=" in a and key_of(a) == key for a in args)
 
 
 def quote(text: str, mark: str = "'") -> str:

@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 
 from omegaconf import DictConfig
 
+from energy_cli.config.logs import progress_enabled
 from energy_cli.config.overrides import as_list
 from energy_cli.data import (
     catalog,
@@ -39,7 +40,7 @@ OUTLIERS: dict[str, Callable[[DictConfig, Shape], ImageSet]] = {
     "tinyimages300k": lambda cfg, shape: _tinyimages300k(cfg),
     "npy": lambda cfg, shape: tinyimages.load_npy_images(_outlier_path(cfg, "FILE.npy"), "npy"),
     "folder": lambda cfg, shape: folders.load_folder(_outlier_path(cfg, "FOLDER"), "folder", shape,
-                                                     cfg.get("cache_dir"), bool(cfg.get("progress", False))),
+                                                     cfg.get("cache_dir"), progress_enabled(cfg.progress)),
 }
 
 # name -> (cfg, shape) -> OOD test set (adapted to `shape` by load_ood)
@@ -73,7 +74,7 @@ def _public_folder(key: str, cfg: DictConfig, shape: Shape) -> ImageSet:
     """One of the public folder sets (catalog key), decoded to `shape` through the on-disk cache."""
     root = catalog.locate(key, cfg.data_root, bool(cfg.get("download", False)))
     src = catalog.SOURCES[key]
-    return folders.load_folder(root, key, shape, cfg.get("cache_dir"), bool(cfg.get("progress", False)),
+    return folders.load_folder(root, key, shape, cfg.get("cache_dir"), progress_enabled(cfg.progress),
                                what=f"get it from {src.url}")
 
 
@@ -151,7 +152,7 @@ def load_ood(name: str, cfg: DictConfig, shape: Shape) -> ImageSet:
     name = canonical_ood_name(name)
     if name.startswith(FOLDER_PREFIX) and is_known_ood(name):
         out = folders.load_folder(name[len(FOLDER_PREFIX):], name, shape, cfg.get("cache_dir"),
-                                  bool(cfg.get("progress", False)))
+                                  progress_enabled(cfg.progress))
     elif name in OOD_SETS:
         out = OOD_SETS[name](cfg, shape)
     else:

@@ -9,12 +9,15 @@ and the readers report malformed ones.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from energy_cli.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def locate(key: str, data_root: str | Path, download: bool = False) -> Path:
     src = SOURCES[key]
     if download and src.fetch is not None:
         root = Path(data_root).expanduser()
-        print(f"{src.title}: not in {path}, downloading {src.url} with torchvision ...", flush=True)
+        log.info(f"{src.title}: not in {path}, downloading {src.url} with torchvision ...")
         try:
             root.mkdir(parents=True, exist_ok=True)
             src.fetch(root)

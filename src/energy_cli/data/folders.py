@@ -12,8 +12,8 @@ shape, decodes afresh. cache_dir=null turns the cache off. A cache that cannot b
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from energy_cli.data import files
 from energy_cli.data.images import ImageSet
 from energy_cli.errors import UserError
 from energy_cli.fileio import atomic_write_bytes, file_part
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1   # bump when decoding changes, so older caches are not reused
 CHUNK = 256         # files per decoding task
@@ -83,8 +85,8 @@ def _write_cache(path: Path, images: torch.Tensor) -> None:
     try:
         atomic_write_bytes(path, buffer.getvalue())
     except OSError as exc:
-        print(f"warning: could not write the image cache {path} ({exc.strerror or exc}); the images will be "
-              "decoded again next time (set cache_dir= to a writable folder)", file=sys.stderr)
+        log.warning(f"could not write the image cache {path} ({exc.strerror or exc}); the images will be "
+                    "decoded again next time (set cache_dir= to a writable folder)")
 
 
 def load_folder(root: str | Path, name: str, shape: tuple[int, int, int], cache_dir: str | Path | None,
@@ -110,11 +112,11 @@ def load_folder(root: str | Path, name: str, shape: tuple[int, int, int], cache_
         raise UserError(f"{name}: none of the {len(paths)} image files under {root} could be read "
                         f"(first: {failed[0][0]}: {failed[0][1]}){tail}")
     if failed:
-        print(f"warning: {name}: skipped {len(failed)} of {len(paths)} files that could not be read "
-              f"(first: {failed[0][0]}: {failed[0][1]})", file=sys.stderr)
+        log.warning(f"{name}: skipped {len(failed)} of {len(paths)} files that could not be read "
+                    f"(first: {failed[0][0]}: {failed[0][1]})")
     note = ""
     if target is not None:
         _write_cache(target, images)
         note = f"; cached in {target}"
-    print(f"{name}: decoded {len(images)} images from {root} to {shape[0]}x{shape[1]}x{shape[2]}{note}", flush=True)
+    log.info(f"{name}: decoded {len(images)} images from {root} to {shape[0]}x{shape[1]}x{shape[2]}{note}")
     return ImageSet(name, images)

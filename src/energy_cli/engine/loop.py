@@ -8,6 +8,8 @@ have seen; the global torch RNG (dropout) is saved and restored with the checkpo
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from energy_cli.engine.inference import accuracy, predict
 from energy_cli.engine.runtime import Runtime
 from energy_cli.engine.seeding import mix_seed
 from energy_cli.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float,
@@ -112,6 +116,7 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
     global batch mean whenever the batch splits evenly. Stop requests and the finite check are agreed by all
     ranks; the logged sums are totals over all ranks. A final batch with fewer images than ranks is skipped."""
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
 
     group = distributed.current()
@@ -133,8 +138,12 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     total = spec.epochs * steps
     saved_step = state.step
-    bar = tqdm(total=total, initial=min(state.step, total), desc=spec.description, unit="step",
-               disable=not runtime.progress, leave=False, dynamic_ncols=True)
+    open_until_done = contextlib.ExitStack()
+    bar = open_until_done.enter_context(tqdm(total=total, initial=min(state.step, total), desc=spec.description,
+                                             unit="step", disable=not runtime.progress, leave=False,
+                                             dynamic_ncols=True))
+    if runtime.progress:   # while the bar is drawn, log lines are written above it instead of through it
+        open_until_done.enter_context(logging_redirect_tqdm())
     try:
         while state.epoch < spec.epochs:
             epoch = state.epoch
@@ -240,13 +249,11 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
             bar.set_postfix(loss=f"{row['loss']:.4f}", test_acc=f"{row['test_acc']:.4f}")
             save(state)
             saved_step = state.step
-            if not runtime.progress:
-                continue
-            tqdm.write(f"epoch {row['epoch']:>3}/{spec.epochs}  loss {row['loss']:.4f}  train_acc "
-                       f"{row['train_acc']:.4f}  test_acc {row['test_acc']:.4f}  lr {row['lr']:.2e}  "
-                       f"{row['seconds']:.1f}s")
+            log.info(f"epoch {row['epoch']:>3}/{spec.epochs}  loss {row['loss']:.4f}  train_acc "
+                     f"{row['train_acc']:.4f}  test_acc {row['test_acc']:.4f}  lr {row['lr']:.2e}  "
+                     f"{row['seconds']:.1f}s")
     finally:
-        bar.close()
+        open_until_done.close()
     return state
 
 

@@ -4,6 +4,7 @@ the eval batch size, and preparing (moving, optionally compiling) a model for th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -12,18 +13,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from energy_cli.config.logs import progress_enabled
+from energy_cli.config.values import check_device, check_precision
 from energy_cli.engine import distributed
 from energy_cli.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """The compute device, the autocast dtype (None = fp32) and the memory format of image batches."""
+    """The compute device, the autocast dtype (None = fp32) and the memory format of image batches. A command
+    builds it from its config with `runtime_from_config` (conf/common/base.yaml holds the defaults); the
+    defaults here serve code that builds one by hand (tests, scripts): no progress bars."""
 
     device: torch.device
     dtype: torch.dtype | None = None
     channels_last: bool = False
-    progress: bool = True
+    progress: bool = False
     compile: bool = False
     eval_batch_size: int = 256
 
@@ -46,17 +53,12 @@ class Runtime:
 
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda if available, else cpu; cpu / cuda / cuda:N as given (cuda must exist)."""
-    name = str(name)
+    name = check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA GPU is available here; use device=cpu or device=auto")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"device={name} is not supported; use auto, cpu, cuda or cuda:N")
     return device
 
 
@@ -71,16 +73,14 @@ def cpu_has_fast_bf16() -> bool:
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """auto -> bf16 on CUDA GPUs with bf16 support and on CPUs with AMX, fp32 elsewhere; fp32 | bf16 as given."""
-    name = str(name)
+    name = check_precision(name)
     if name == "fp32":
         return None
     if name == "bf16":
         return torch.bfloat16
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    raise UserError(f"precision={name} is not known; use auto, fp32 or bf16")
+    if device.type == "cuda":   # auto
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
 def set_threads(threads: Any) -> int:
@@ -109,12 +109,12 @@ def runtime_from_config(cfg: Any) -> Runtime:
         device = torch.device("cuda", group.local_rank)
     dtype = resolve_precision(cfg.precision, device)
     if device.type == "cpu":
-        set_threads(cfg.get("threads", "auto"))
+        set_threads(cfg.threads)
     channels_last = device.type == "cuda" or dtype is not None
     return Runtime(device=device, dtype=dtype, channels_last=channels_last,
-                   progress=bool(cfg.get("progress", True)) and group.is_main,
-                   compile=bool(cfg.get("compile", False)),
-                   eval_batch_size=resolve_eval_batch_size(cfg.get("eval_batch_size", "auto"), device))
+                   progress=progress_enabled(cfg.progress) and group.is_main,
+                   compile=bool(cfg.compile),
+                   eval_batch_size=resolve_eval_batch_size(cfg.eval_batch_size, device))
 
 
 def resolve_eval_batch_size(value: Any, device: torch.device) -> int:
@@ -145,11 +145,11 @@ def prepare_model(model: nn.Module, runtime: Runtime, input_shape: tuple[int, ..
         model.eval()
         with torch.no_grad(), runtime.autocast():
             model(torch.zeros((2, *input_shape), device=runtime.device).contiguous(memory_format=runtime.memory_format))
-        print(f"torch.compile: ready in {time.perf_counter() - started:.1f}s", flush=True)
+        log.info(f"torch.compile: ready in {time.perf_counter() - started:.1f}s")
     except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager execution
         model._compiled_call_impl = None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        print(f"torch.compile failed ({type(exc).__name__}: {first}); running eagerly", flush=True)
+        log.info(f"torch.compile failed ({type(exc).__name__}: {first}); running eagerly")
     finally:
         model.train(was_training)
     return model

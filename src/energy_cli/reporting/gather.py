@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from energy_cli.config.overrides import key_of, raw_value_of
 from energy_cli.errors import UserError
 from energy_cli.runs.outputs import RESULT_COLUMNS
 
@@ -83,8 +84,7 @@ def read_overrides(folder: Path) -> dict[str, str]:
         text = str(item)
         if "=" not in text or text.startswith("~"):
             continue
-        key, value = text.split("=", 1)
-        out[key.lstrip("+")] = value
+        out[key_of(text)] = raw_value_of(text)
     return out
 
 

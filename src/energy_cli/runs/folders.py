@@ -3,7 +3,8 @@
 Hydra names the folder from the clock (`outputs/<command>/<date>_<time>`); two runs started in the same
 second would share it. The CLI therefore claims the folder itself before Hydra starts: it creates it with
 an exclusive mkdir (adding `_1`, `_2`, ... when the name is taken) and passes it as `hydra.run.dir`
-(or `hydra.sweep.dir` for `-m`). A folder the user names with `hydra.run.dir=` is used as given.
+(or `hydra.sweep.dir` for `-m`). A folder the user names, with `hydra.run.dir=` on the command line or in
+a config file (an experiment preset of their own, a --config-dir), is used as given.
 """
 
 from __future__ import annotations
@@ -47,29 +48,49 @@ def claim_folder(parent: Path, stamp: str | None = None) -> Path:
 
 
 def with_run_folder(command: str, args: Sequence[str]) -> tuple[list[str], Path | None]:
-    """`args` plus `hydra.run.dir=` (or `hydra.sweep.dir=`) naming a freshly claimed folder, unless the user
-    chose one or the arguments start no job. Returns the arguments and the claimed folder (or None)."""
+    """`args` plus `hydra.run.dir=` (or `hydra.sweep.dir=`) naming a freshly claimed folder, unless the
+    composed config names a folder of its own (see `chosen_folder`) or the arguments start no job. Returns
+    the arguments and the claimed folder (or None)."""
     args = list(args)
     if not starts_a_job(args):
         return args, None
     multirun = is_multirun(args)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    if sets_key(args, key):
-        check_unused(args, key)
+    chosen = chosen_folder(command, args, multirun)
+    if chosen is not None:
+        check_unused(key, *chosen)
         return args, None
     folder = claim_folder(Path(SWEEP_ROOT if multirun else RUN_ROOT) / command)
     return [*args, f"{key}={folder.as_posix()}"], folder
 
 
-def check_unused(args: Sequence[str], key: str) -> None:
-    """Before Hydra writes its record into a folder the user chose (`hydra.run.dir=` / `hydra.sweep.dir=`):
-    refuse one that holds outputs of an earlier run, unless overwrite=true (a resumed run is planned into
-    its own folder and passes resume=)."""
+def chosen_folder(command: str, args: Sequence[str], multirun: bool) -> tuple[str, bool, bool] | None:
+    """The run folder (sweep folder with -m) the user chose, with their overwrite= and whether the run
+    resumes: (folder, overwrite, resumes), or None when the config keeps the default pattern of
+    conf/hydra/default.yaml. The folder may be set on the command line or in any config the run composes."""
+    from omegaconf import OmegaConf
 
-    folder = last_value(args, key)
-    if folder is None or "${" in folder or last_value(args, "resume") not in (None, "null", "false"):
-        return
-    if str(last_value(args, "overwrite")).lower() == "true":
+    from energy_cli.config.compose import compose_config, default_hydra_dirs
+
+    key, node = ("hydra.sweep.dir", "sweep") if multirun else ("hydra.run.dir", "run")
+    try:
+        cfg = compose_config(command, args, with_hydra=True)
+    except Exception:  # noqa: BLE001 - the config does not compose: Hydra says why when it runs
+        if not sets_key(args, key):
+            return None
+        return (str(last_value(args, key)), str(last_value(args, "overwrite")).lower() == "true",
+                last_value(args, "resume") not in (None, "null", "false"))
+    folder = str(OmegaConf.to_container(cfg.hydra[node], resolve=False)["dir"])
+    if folder == default_hydra_dirs()[node]:
+        return None
+    return folder, cfg.get("overwrite") is True, cfg.get("resume") not in (None, False)
+
+
+def check_unused(key: str, folder: str, overwrite: bool = False, resumes: bool = False) -> None:
+    """Before Hydra writes its record into a folder the user chose (`hydra.run.dir` / `hydra.sweep.dir`):
+    refuse one that holds outputs of an earlier run, unless overwrite=true (a resumed run is planned into
+    its own folder and passes resume=). A folder still holding an interpolation (`${now:...}`) is not checked."""
+    if "${" in folder or resumes or overwrite:
         return
     found = earlier_outputs(Path(folder).expanduser())
     if found:

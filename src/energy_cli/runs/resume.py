@@ -14,16 +14,18 @@ run's folder is locked (runs/locks.py), so it is never picked up a second time."
 
 from __future__ import annotations
 
+import logging
 import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
 from energy_cli.config.overrides import key_of, last_value, quote
-from energy_cli.config.paths import config_dir
 from energy_cli.errors import UserError
 from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.folders import display_path, is_multirun, search_roots
 from energy_cli.runs.locks import is_locked
+
+log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: where and how fast it computes, what it prints, how often it saves.
 VOLATILE_KEYS = ("resume", "device", "precision", "progress", "eval_batch_size", "data_root", "download",
@@ -96,15 +98,12 @@ def _checkpoint_path(value: str) -> Path:
 
 def composed_config(command: str, args: Sequence[str]) -> dict[str, Any]:
     """The resolved config `energy-ood command args` would run with (Hydra's compose API, no run)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from energy_cli.config.compose import compose_config
 
-    overrides = [a for a in args if not a.startswith("-") and not key_of(a).startswith("hydra.")
-                 and key_of(a) != "resume"]
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name=command, overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    args = [a for a in args if not key_of(a).startswith("hydra.") and key_of(a) != "resume"]
+    return OmegaConf.to_container(compose_config(command, args), resolve=True)  # type: ignore[return-value]
 
 
 def find_interrupted(command: str, config: dict[str, Any], roots: Sequence[Path]) -> Path | None:
@@ -145,7 +144,7 @@ def plan(command: str, args: Sequence[str]) -> list[str]:
         path = find_interrupted(command, composed_config(command, args), search_roots())
         if path is None:
             if value.lower() == "auto":
-                print(f"energy-ood {command}: no interrupted run with this config to resume; starting a new run")
+                log.info(f"energy-ood {command}: no interrupted run with this config to resume; starting a new run")
                 return [a for a in args if key_of(a) != "resume"]
             raise UserError(f"resume=true: no interrupted `{command}` run with this config under outputs/ or "
                             "multirun/ here; pass resume=PATH to a checkpoint.pt, or drop resume= to start anew")

@@ -77,21 +77,22 @@ def test_damaged_cache_file_is_decoded_again(tmp_path, count_decodes):
     assert np.load(cached).shape == (3, 3, 32, 32)                     # rewritten whole
 
 
-def test_unwritable_cache_only_warns(tmp_path, capsys):
+def test_unwritable_cache_only_warns(tmp_path, caplog):
     minidata.write_images(tmp_path / "f", 2, (32, 32), seed=3)
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
     s = folders.load_folder(tmp_path / "f", "f", (3, 32, 32), blocker)
-    assert len(s) == 2 and "could not write the image cache" in capsys.readouterr().err
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(s) == 2 and len(warnings) == 1 and "could not write the image cache" in warnings[0]
 
 
-def test_broken_files_are_skipped_with_a_warning(tmp_path, capsys):
+def test_broken_files_are_skipped_with_a_warning(tmp_path, caplog):
     minidata.write_images(tmp_path / "f", 3, (32, 32), seed=4)
     (tmp_path / "f" / "zz_broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     s = folders.load_folder(tmp_path / "f", "f", (3, 32, 32), None)
     assert len(s) == 3
-    err = capsys.readouterr().err
-    assert "skipped 1 of 4 files" in err and "zz_broken.jpg" in err
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "skipped 1 of 4 files" in warning and "zz_broken.jpg" in warning
 
 
 @pytest.mark.parametrize("setup,message", [
