@@ -84,6 +84,9 @@ def validate(cfg: DictConfig) -> None:
     threads = cfg.get("threads", "auto")
     if str(threads) != "auto":
         _integer(cfg, "threads", 1)
+    _choice(cfg, "probe", ["auto", "off"])
+    if cfg.get("channels_last", "auto") not in ("auto", True, False):
+        raise UserError(f"channels_last={cfg.channels_last!r} must be auto, true or false")
     if not isinstance(cfg.get("compile", False), bool):
         raise UserError(f"compile={cfg.compile!r} must be true or false")
     _positive(cfg, "temperature")
