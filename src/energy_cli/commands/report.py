@@ -13,7 +13,7 @@ from energy_cli.config.overrides import as_list
 from energy_cli.errors import UserError
 from energy_cli.reporting import gather, render
 from energy_cli.reporting import tables as report_tables
-from energy_cli.runs.checkpoint import atomic_write_bytes, file_part
+from energy_cli.runs.files import atomic_write_bytes, file_part
 from energy_cli.runs.folders import RUN_ROOT, SWEEP_ROOT, display_path
 from energy_cli.runs.outputs import write_csv
 

@@ -67,13 +67,13 @@ def margin_value(cfg: DictConfig, key: str) -> float | None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise UserError for the first invalid value in `cfg` (the config of one command)."""
+    command = cfg.command
+    if command == "report":   # before the imports below: report must not import torch
+        _flag(cfg, "plots")
+        return
     from energy_cli.data import ID_DATASETS, resolve_ood_names
     from energy_cli.models import BACKBONES
 
-    command = cfg.command
-    if command == "report":
-        _flag(cfg, "plots")
-        return
     _integer(cfg, "seed", 0)
     _choice(cfg, "dataset.name", sorted(ID_DATASETS))
     _choice(cfg, "backbone.name", list(BACKBONES))

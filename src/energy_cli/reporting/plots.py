@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from energy_cli.runs.checkpoint import atomic_write_bytes
+from energy_cli.runs.files import atomic_write_bytes
 
 SCORE_LABELS = {
     "energy": "negative energy score  -E(x)",

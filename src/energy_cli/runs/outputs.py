@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from energy_cli.runs.checkpoint import atomic_write_bytes
+from energy_cli.runs.files import atomic_write_bytes
 
 RESULT_COLUMNS = ["dataset", "backbone", "stage", "checkpoint", "score", "temperature", "ood", "n_id", "n_ood",
                   "id_acc", "fpr95", "auroc", "aupr_in", "aupr_out"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from energy_cli.errors import UserError
-from energy_cli.runs.checkpoint import atomic_write_bytes
+from energy_cli.runs.files import atomic_write_bytes
 
 FORMAT = "energy-ood-thresholds/1"
 FILENAME = "thresholds.json"
