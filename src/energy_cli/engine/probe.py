@@ -142,14 +142,24 @@ def fastest(candidates: dict[str, Callable[[], object]], rounds: int,
     return best
 
 
-def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 512, rounds: int = 5) -> float:
-    """Matrix-product rate of this machine: 2 n^3 flops of an n x n product over its fastest time, in GFLOP/s."""
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 512, rounds: int = 5,
+                  device: torch.device | str = "cpu", repeat: int = 1) -> float:
+    """Matrix-product rate of this machine: 2 n^3 flops per n x n product over the fastest time, in GFLOP/s
+    (`repeat` products per timed run, so that a fast GPU's run is long enough to time)."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(dtype)
-    b = torch.randn(n, n, generator=g).to(dtype)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    cuda = torch.device(device).type == "cuda"
+
+    def run():
+        for _ in range(repeat):
+            torch.mm(a, b)
+        if cuda:
+            torch.cuda.synchronize(device)
+
     with torch.inference_mode():
-        seconds = fastest({"mm": lambda: torch.mm(a, b)}, rounds)["mm"]
-    return 2 * n**3 / seconds / 1e9
+        seconds = fastest({"mm": run}, rounds)["mm"]
+    return 2 * n**3 * repeat / seconds / 1e9
 
 
 def conv_step(batch: int, memory_format: torch.memory_format, bf16: bool = False) -> Callable[[], object]:
