@@ -84,7 +84,7 @@ def validate(cfg: DictConfig) -> None:
     threads = cfg.get("threads", "auto")
     if str(threads) != "auto":
         _integer(cfg, "threads", 1)
-    _choice(cfg, "probe", ["auto", "off"])
+    _choice(cfg, "probe", ["auto", "off", "refresh"])
     if cfg.get("channels_last", "auto") not in ("auto", True, False):
         raise UserError(f"channels_last={cfg.channels_last!r} must be auto, true or false")
     if not isinstance(cfg.get("compile", False), bool):

@@ -11,7 +11,8 @@ only when it is clearly faster (`MARGIN`), so the probe never picks a slower pat
 
 The answer is cached in `$XDG_CACHE_HOME/energy-ood/probe.json` (default `~/.cache/energy-ood/`) under a key of
 CPU model, torch version and thread count. `probe=off` (or the environment variable `ENERGY_OOD_PROBE=off`)
-skips the probe and the cache and uses fixed rules instead (`static_choices`). GPUs are not probed: bf16 where
+skips the probe and the cache and uses fixed rules instead (`static_choices`); `probe=refresh` measures again and
+replaces the cached answer (after a hardware change, or when the first probe ran on a busy machine). GPUs are not probed: bf16 where
 the GPU supports it, channels_last, eval batches of 1,024.
 """
 
@@ -33,7 +34,7 @@ PROBE_VERSION = 1
 MARGIN = 1.05        # a candidate must be at least 5% faster than the default to replace it
 BF16_MARGIN = 1.25   # bf16 must be at least 25% faster than the best fp32 path
 EVAL_BATCHES = (64, 128, 256)
-MODES = ("auto", "off")
+MODES = ("auto", "off", "refresh")
 
 
 @dataclass(frozen=True)
@@ -283,12 +284,12 @@ def mode_from(value: object = None) -> str:
 
 
 def machine_choices(threads: int, mode: str = "auto", device: torch.device | None = None) -> Choices:
-    """The choices for a CPU run with `threads` threads: from the cache, else measured now and cached; with
-    mode=off (or on a GPU) the fixed rules."""
+    """The choices for a CPU run with `threads` threads: from the cache, else (and with mode=refresh) measured
+    now and cached; with mode=off (or on a GPU) the fixed rules."""
     if mode == "off" or (device is not None and device.type != "cpu"):
         return static_choices(threads, device)
     key = machine_key(threads)
-    stored = read_cache().get(key)
+    stored = read_cache().get(key) if mode != "refresh" else None
     if isinstance(stored, dict):
         try:
             return replace(Choices(**{k: stored[k] for k in Choices.__dataclass_fields__ if k in stored}),

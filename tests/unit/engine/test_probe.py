@@ -129,3 +129,22 @@ def test_runtime_follows_the_probe_and_explicit_keys_win(compose, monkeypatch):
     assert resolve_precision("bf16", CPU, fast_cl) == torch.bfloat16
     assert resolve_channels_last("auto", CPU, torch.bfloat16, Choices(False, False, 256, 1))   # bf16 runs NHWC
     assert resolve_eval_batch_size("auto", CPU) == 256 and resolve_eval_batch_size("auto", CPU, fast_cl) == 64
+
+
+def test_refresh_measures_again_and_replaces_the_cached_answer(tmp_path, monkeypatch, counted_measure):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    probe.machine_choices(2)
+    assert probe.machine_choices(2, "refresh").source == "probe"
+    assert probe.machine_choices(2).source == "cache"
+    assert counted_measure == [2, 2]
+
+
+def test_probe_key_is_validated(compose):
+    from energy_cli.commands.validate import validate
+    from energy_cli.errors import UserError
+
+    validate(compose("eval", ["probe=refresh", "channels_last=true"]))
+    with pytest.raises(UserError, match="probe=sometimes is not known; choose one of: auto, off, refresh"):
+        validate(compose("eval", ["probe=sometimes"]))
+    with pytest.raises(UserError, match="channels_last='maybe' must be auto, true or false"):
+        validate(compose("eval", ["channels_last=maybe"]))
