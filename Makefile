@@ -24,8 +24,11 @@ test-fast: install
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
+# This machine's speed against the plain fp32 loop and its matmul peak -> outputs/bench/<date>_<time>/bench.csv
+# (a few minutes on 2 cores). Larger: make bench BENCH="--full --compile"; on a GPU: bash scripts/gpu_check.sh
+BENCH ?=
 bench: install
-	$(PY) scripts/bench.py --compile
+	$(PY) scripts/bench.py $(BENCH)
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache

@@ -24,6 +24,17 @@ class PicklePayload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache_in_tmp(tmp_path_factory):
+    """The probe's per-machine cache (engine.probe) goes to a folder of this test session, never the user's
+    ~/.cache; subprocesses inherit it through the environment."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("user_cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
 
 
 @dataclass

@@ -136,10 +136,14 @@ def _report_errors(command: str, func):
 
 def _plan_run(command: str, overrides: list[str]) -> tuple[list[str], object]:
     """Resolve resume= and claim a fresh run folder: the final overrides, and the claimed folder (or None)."""
-    from energy_cli.runs import resume
+    from energy_cli.config.overrides import last_value
     from energy_cli.runs.folders import starts_a_job, with_run_folder
 
-    if starts_a_job(overrides):
+    if starts_a_job(overrides) and last_value(overrides, "resume") is not None:
+        from energy_cli.runs import (
+            resume,  # lazy: reads checkpoints (torch); keeps --help, --cfg job and report fast
+        )
+
         overrides = _report_errors(command, lambda: resume.plan(command, overrides))
     try:
         return with_run_folder(command, overrides)
@@ -217,11 +221,13 @@ def launch(command: str, overrides: list[str]) -> None:
     """Run `command` with its Hydra overrides: under torchrun (training commands on every rank, the others on
     rank 0 alone) or as one process; plan resume= and the run folder first, remove a claimed folder that a
     failed run left empty, and turn SIGTERM before training starts into a one-line exit."""
-    from energy_cli.engine import distributed  # lazy: keeps --help fast (no torch)
+    from energy_cli.engine.ranks import (
+        from_env,  # torch-free: keeps --help, --cfg job and report fast
+    )
     from energy_cli.runs.folders import remove_if_unused
 
     console_logging()
-    group = distributed.from_env()
+    group = from_env()
     if group.enabled:   # started by torchrun
         if command not in TRAINING_COMMANDS:
             if not group.is_main:

@@ -141,7 +141,7 @@ def test_threads_key(compose):
 
 def test_bench_script_quick(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "bench.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -150,4 +150,11 @@ def test_bench_script_quick(tmp_path):
     for r in rows:
         assert float(r["eval_img_s"]) > 0 and float(r["train_img_s"]) > 0
         assert float(r["epoch_s_cifar10"]) == pytest.approx(50_000 / float(r["train_img_s"]), rel=1e-3)
+        # WRN-40-2: 0.655 GFLOP per image forward, 1.965 forward + backward (counted by torch)
+        assert float(r["eval_gflops"]) == pytest.approx(0.655 * float(r["eval_img_s"]), rel=2e-3)
+        assert float(r["train_gflops"]) == pytest.approx(1.965 * float(r["train_img_s"]), rel=2e-3)
+        assert float(r["eval_frac_fp32_peak"]) == pytest.approx(
+            float(r["eval_gflops"]) / float(r["peak_fp32_gflops"]), rel=2e-3)
+        assert (r["peak_bf16_gflops"] == "") == (r["eval_frac_bf16_peak"] == "")   # only where bf16 is native
     assert "paper protocol from score vectors" in proc.stdout
+    assert "matmul peak: fp32" in proc.stdout and "probe (" in proc.stdout

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from energy_cli.commands.validate import validate
-from energy_cli.engine import distributed
+from energy_cli.engine.ranks import from_env
 from energy_cli.errors import UserError
 from energy_cli.runs.folders import display_path, earlier_outputs
 
@@ -28,7 +28,7 @@ def refuse_to_overwrite(cfg, run_dir: Path) -> None:
     """A run never overwrites what an earlier run wrote (a `hydra.run.dir=` that is already used), unless
     the user says overwrite=true; a resumed run continues in its own folder."""
 
-    if cfg.get("resume") not in (None, False) or cfg.get("overwrite") or not distributed.current().is_main:
+    if cfg.get("resume") not in (None, False) or cfg.get("overwrite") or not from_env().is_main:
         return   # (under torchrun rank 0 checks; the others may already see its first files)
     found = earlier_outputs(run_dir)
     if found:

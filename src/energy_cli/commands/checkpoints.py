@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from energy_cli.config.overrides import key_of
 from energy_cli.data.batches import Normalizer
+from energy_cli.engine.fusion import fold_batchnorm
 from energy_cli.engine.runtime import Runtime, prepare_model
 from energy_cli.errors import UserError
 from energy_cli.models import Classifier, build_model
@@ -78,18 +79,22 @@ def check_compatible(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
                         f"dataset={d.name} has {want[0]} classes and {want[1]}x{want[2]}x{want[2]} images")
 
 
-def load_model(path: Path, cfg: DictConfig, runtime: Runtime) -> tuple[Classifier, dict[str, Any]]:
-    """Load a checkpoint, check it fits the config, rebuild its model on the device."""
+def load_model(path: Path, cfg: DictConfig, runtime: Runtime,
+               for_inference: bool = False) -> tuple[Classifier, dict[str, Any]]:
+    """Load a checkpoint, check it fits the config, rebuild its model on the device. `for_inference`: an eval-only
+    model with its BatchNorms folded into the convolutions before them where possible (same logits up to
+    rounding; engine.fusion), for eval and score."""
     ckpt = ckpt_io.load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, cfg, path, runtime)
+    model = model_from_checkpoint(ckpt, cfg, path, runtime, for_inference)
     if "finished" in ckpt and not ckpt["finished"]:
         log.info(f"note: {display_path(path)} is an interrupted run (epoch {ckpt.get('epoch')} of "
                  f"{(ckpt.get('config') or {}).get('epochs', '?')}); using it as it is")
     return model, ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], cfg: DictConfig, path: Path, runtime: Runtime) -> Classifier:
-    """The model a loaded checkpoint holds, after checking that it fits the config."""
+def model_from_checkpoint(ckpt: dict[str, Any], cfg: DictConfig, path: Path, runtime: Runtime,
+                          for_inference: bool = False) -> Classifier:
+    """The model a loaded checkpoint holds, after checking that it fits the config (see load_model)."""
     check_compatible(ckpt, cfg, path)
     model = build_model(ckpt["backbone"], ckpt["num_classes"], ckpt["in_channels"])
     try:
@@ -98,6 +103,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], cfg: DictConfig, path: Path, run
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{path} does not fit backbone {ckpt['backbone'].get('name')}: {first}") from None
     shape = (ckpt["in_channels"], ckpt["image_size"], ckpt["image_size"])
+    if for_inference:
+        model = fold_batchnorm(model.eval())
     return prepare_model(model, runtime, shape)
 
 

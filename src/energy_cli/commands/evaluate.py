@@ -167,7 +167,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     ood_names = resolve_ood_names(cfg.ood, cfg.dataset)
     score_names = resolve_score_names(cfg.score)
     path = find_checkpoint(cfg, stages=STAGES, what="train or finetune")
-    model, ckpt = load_model(path, cfg, runtime)
+    model, ckpt = load_model(path, cfg, runtime, for_inference=True)
     normalizer = checkpoint_normalizer(ckpt)
     temperature = float(cfg.temperature)
     shape = id_shape(cfg)

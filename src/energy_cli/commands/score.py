@@ -71,7 +71,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     seed_everything(int(cfg.seed))
     files = input_files(as_list(cfg.paths))
     ckpt_path = find_checkpoint(cfg, stages=STAGES, what="train or finetune")
-    model, ckpt = load_model(ckpt_path, cfg, runtime)
+    model, ckpt = load_model(ckpt_path, cfg, runtime, for_inference=True)
     normalizer = checkpoint_normalizer(ckpt)
     temperature = float(cfg.temperature)
     threshold, source = energy_threshold(cfg, ckpt_path, temperature)

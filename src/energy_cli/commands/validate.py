@@ -9,10 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from energy_cli.config.values import check_device, check_precision, parse_margins
-from energy_cli.data import ID_DATASETS, OUTLIERS, resolve_ood_names
-from energy_cli.detectors import resolve_score_names
 from energy_cli.errors import UserError
-from energy_cli.models import BACKBONES
 
 
 def _number(cfg: DictConfig, key: str) -> float:
@@ -63,11 +60,16 @@ def _flag(cfg: DictConfig, key: str) -> None:
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Raise UserError for the first invalid value in `cfg` (the config of one command). Returns the typed
     values the command's `run` takes besides the config (finetune: `margins`, a Margins or None for loss=oe)."""
-
     command = cfg.command
-    if command == "report":
+    if command == "report":   # before the imports below: report must not import torch
         _flag(cfg, "plots")
         return {}
+    # lazy: the registries import torch, which report must not
+    from energy_cli.data import ID_DATASETS, OUTLIERS, resolve_ood_names
+    from energy_cli.detectors import resolve_score_names
+    from energy_cli.models import BACKBONES
+
+
     _integer(cfg, "seed", 0)
     _choice(cfg, "dataset.name", sorted(ID_DATASETS))
     _choice(cfg, "backbone.name", list(BACKBONES))
@@ -76,6 +78,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     threads = cfg.get("threads", "auto")
     if str(threads) != "auto":
         _integer(cfg, "threads", 1)
+    _choice(cfg, "probe", ["auto", "off", "refresh"])
+    if cfg.get("channels_last", "auto") not in ("auto", True, False):
+        raise UserError(f"channels_last={cfg.channels_last!r} must be auto, true or false")
     if not isinstance(cfg.get("compile", False), bool):
         raise UserError(f"compile={cfg.compile!r} must be true or false")
     _positive(cfg, "temperature")

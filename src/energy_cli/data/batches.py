@@ -25,6 +25,8 @@ class Normalizer:
         return Normalizer(self.mean_list, self.std_list, device)
 
     def __call__(self, images: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+        # the layout changes on the 1-byte images, and the elementwise ops below keep it: no float copy
+        images = images.contiguous(memory_format=memory_format) if images.dim() == 4 else images
         x = (images.float() - self.mean) / self.std
         return x.contiguous(memory_format=memory_format)
 

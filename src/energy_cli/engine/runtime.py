@@ -1,5 +1,6 @@
 """Where and how to compute: the device, the precision (autocast dtype), the memory format, CPU threads,
-the eval batch size, and preparing (moving, optionally compiling) a model for them."""
+the eval batch size, and preparing (moving, optionally compiling) a model for them. Every `auto` follows what
+engine.probe measured to be fast on this machine."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch import nn
 
 from energy_cli.config.logs import progress_enabled
 from energy_cli.config.values import check_device, check_precision
-from energy_cli.engine import distributed
+from energy_cli.engine import distributed, probe
+from energy_cli.engine.probe import Choices, cpu_has_fast_bf16
 from energy_cli.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -62,17 +64,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX tiles (bf16 matrix units), where bf16 convolutions beat fp32 several times."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(check()) if check is not None else False
-    except Exception:  # noqa: BLE001 - a private probe; absence means "no"
-        return False
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """auto -> bf16 on CUDA GPUs with bf16 support and on CPUs with AMX, fp32 elsewhere; fp32 | bf16 as given."""
+def resolve_precision(name: str, device: torch.device, choices: Choices | None = None) -> torch.dtype | None:
+    """auto -> bf16 where it is fast: on CUDA GPUs with bf16 support, and on CPUs where the probe (`choices`)
+    measured bf16 clearly faster than fp32 (without `choices`: CPUs with AMX); fp32 elsewhere. fp32 | bf16 as
+    given."""
     name = check_precision(name)
     if name == "fp32":
         return None
@@ -80,18 +75,39 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":   # auto
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
+    fast = choices.bf16 if choices is not None else cpu_has_fast_bf16()
+    return torch.bfloat16 if fast else None
 
 
-def set_threads(threads: Any) -> int:
-    """CPU threads for torch's kernels: `auto` = every core this process may run on, shared evenly among
-    the processes torchrun started on this machine (LOCAL_WORLD_SIZE)."""
+def resolve_channels_last(value: Any, device: torch.device, dtype: torch.dtype | None,
+                          choices: Choices | None = None) -> bool:
+    """auto -> channels_last on GPUs and under bf16; on a CPU in fp32 where the probe measured it clearly
+    faster (`choices`; without them: no). true | false as given."""
+    text = str(value).lower()
+    if text in ("true", "false"):
+        return text == "true"
+    if text != "auto":
+        raise UserError(f"channels_last={value} is not known; use auto, true or false")
+    if device.type == "cuda" or dtype is not None:
+        return True
+    return bool(choices.channels_last) if choices is not None else False
+
+
+def default_threads() -> int:
+    """Every core this process may run on, shared evenly among the processes torchrun started on this machine
+    (LOCAL_WORLD_SIZE)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, n // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def set_threads(threads: Any, choices: Choices | None = None) -> int:
+    """CPU threads for torch's kernels: `auto` = the probe's choice (`choices`: fewer than the cores only where
+    that measured clearly faster), else `default_threads()`; a number as given."""
     if str(threads) == "auto":
-        try:
-            n = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            n = os.cpu_count() or 1
-        n = max(1, n // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        n = choices.threads if choices is not None else default_threads()
     else:
         n = int(threads)
     if n != torch.get_num_threads():
@@ -99,29 +115,38 @@ def set_threads(threads: Any) -> int:
     return n
 
 
+def machine_choices_for(cfg: Any, device: torch.device) -> Choices:
+    """The probe's choices for this machine (cached per machine; fixed rules with probe=off or on a GPU)."""
+    threads = int(cfg.get("threads", "auto")) if str(cfg.get("threads", "auto")) != "auto" else default_threads()
+    return probe.machine_choices(threads, probe.mode_from(cfg.get("probe")), device)
+
+
 def runtime_from_config(cfg: Any) -> Runtime:
-    """The Runtime a config asks for. Under torchrun each process computes on the GPU of its local rank
-    and only rank 0 draws progress bars."""
+    """The Runtime a config asks for; every `auto` follows what is fast on this machine (engine.probe). Under
+    torchrun each process computes on the GPU of its local rank and only rank 0 draws progress bars."""
 
     group = distributed.current()
     device = resolve_device(cfg.device)
     if group.enabled and device.type == "cuda":
         device = torch.device("cuda", group.local_rank)
-    dtype = resolve_precision(cfg.precision, device)
+    choices = machine_choices_for(cfg, device)
     if device.type == "cpu":
-        set_threads(cfg.threads)
-    channels_last = device.type == "cuda" or dtype is not None
-    return Runtime(device=device, dtype=dtype, channels_last=channels_last,
+        set_threads(cfg.threads, choices)
+    dtype = resolve_precision(cfg.precision, device, choices)
+    return Runtime(device=device, dtype=dtype,
+                   channels_last=resolve_channels_last(cfg.get("channels_last", "auto"), device, dtype, choices),
                    progress=progress_enabled(cfg.progress) and group.is_main,
                    compile=bool(cfg.compile),
-                   eval_batch_size=resolve_eval_batch_size(cfg.eval_batch_size, device))
+                   eval_batch_size=resolve_eval_batch_size(cfg.eval_batch_size, device, choices))
 
 
-def resolve_eval_batch_size(value: Any, device: torch.device) -> int:
-    """auto -> 256 on a CPU (larger batches spill the caches: WRN-40-2 evaluates ~2.5x slower at 1,024 than at
-    256 on the development machine), 1,024 on a GPU; a number as given."""
+def resolve_eval_batch_size(value: Any, device: torch.device, choices: Choices | None = None) -> int:
+    """auto -> the probe's choice on a CPU (the largest batch within 5% of the best time per image; without
+    `choices`: 256, as larger batches spill the caches), 1,024 on a GPU; a number as given."""
     if str(value) == "auto":
-        return 1024 if device.type == "cuda" else 256
+        if device.type == "cuda":
+            return 1024
+        return choices.eval_batch_size if choices is not None else 256
     return int(value)
 
 

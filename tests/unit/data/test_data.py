@@ -139,3 +139,17 @@ def test_normalizer():
     norm = Normalizer([0.5], [0.25])
     x = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)
     assert norm(x).flatten().tolist() == pytest.approx([-2.0, 2.0])
+
+
+def test_normalizer_gives_the_same_values_in_either_memory_format():
+    import torch
+
+    from energy_cli.data.batches import Normalizer
+
+    x = torch.randint(0, 256, (3, 3, 5, 4), dtype=torch.uint8)
+    norm = Normalizer([0.1, 0.5, 0.9], [0.2, 0.3, 0.4])
+    plain, cl = norm(x), norm(x, torch.channels_last)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and plain.is_contiguous()
+    assert torch.equal(plain, cl)
+    want = (x.float() / 255 - torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.3, 0.4]).view(1, 3, 1, 1)
+    assert torch.allclose(plain, want, atol=1e-5)

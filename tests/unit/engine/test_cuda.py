@@ -1,0 +1,169 @@
+"""The GPU paths (run by scripts/gpu_check.sh on a machine with CUDA; skipped elsewhere): bf16 autocast,
+channels_last, device-resident training data, a one-process DDP group on NCCL, torch.compile."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from energy_cli.data.batches import Normalizer
+from energy_cli.data.images import ImageSet
+from energy_cli.detectors import build_detectors
+from energy_cli.detectors.scoring import score_images
+from energy_cli.engine.fusion import fold_batchnorm
+from energy_cli.engine.inference import predict
+from energy_cli.engine.loop import (
+    LoopState,
+    TrainSpec,
+    fit,
+    make_optimizer,
+    make_scheduler,
+)
+from energy_cli.engine.runtime import (
+    Runtime,
+    is_compiled,
+    prepare_model,
+    resolve_channels_last,
+    resolve_precision,
+)
+from energy_cli.models import build_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+SMALL_WRN = {"name": "wrn40_2", "depth": 10, "widen_factor": 2, "dropout": 0.3}
+NORM = Normalizer([0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
+
+
+def cuda():
+    return torch.device("cuda")
+
+
+def images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def model_pair(runtime_a, runtime_b):
+    torch.manual_seed(0)
+    a = build_model(SMALL_WRN, 10, 3)
+    b = build_model(SMALL_WRN, 10, 3)
+    b.load_state_dict(a.state_dict())
+    return prepare_model(a, runtime_a), prepare_model(b, runtime_b)
+
+
+def test_auto_picks_bf16_and_channels_last_on_a_gpu_with_bf16():
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    dtype = resolve_precision("auto", cuda())
+    assert dtype == torch.bfloat16 and resolve_channels_last("auto", cuda(), dtype)
+
+
+def test_bf16_autocast_keeps_fp32_logits_and_the_ranking():
+    fp32, bf16 = Runtime(cuda(), None, channels_last=True), Runtime(cuda(), torch.bfloat16, channels_last=True)
+    a, b = model_pair(fp32, bf16)
+    x, _ = images(512)
+    la, _ = predict(a, x, NORM, fp32, 256)
+    lb, _ = predict(b, x, NORM, bf16, 256)
+    assert lb.dtype == torch.float32
+    energy_a, energy_b = torch.logsumexp(la, 1), torch.logsumexp(lb, 1)
+    rank_a, rank_b = energy_a.argsort().argsort().double(), energy_b.argsort().argsort().double()
+    assert torch.corrcoef(torch.stack([rank_a, rank_b]))[0, 1] > 0.99
+
+
+def test_channels_last_gives_the_same_logits_on_the_gpu():
+    torch.backends.cudnn.allow_tf32 = False     # compare fp32 with fp32, not TF32 rounding
+    try:
+        plain, cl = Runtime(cuda(), None, channels_last=False), Runtime(cuda(), None, channels_last=True)
+        a, b = model_pair(plain, cl)
+        x, _ = images(64)
+        la, _ = predict(a, x, NORM, plain, 32)
+        lb, _ = predict(b, x, NORM, cl, 32)
+        assert torch.allclose(la, lb, rtol=1e-4, atol=1e-4)
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def test_folded_batchnorm_matches_on_the_gpu():
+    runtime = Runtime(cuda(), None, channels_last=True)
+    torch.manual_seed(0)
+    model = build_model(SMALL_WRN, 10, 3).eval()
+    folded = prepare_model(fold_batchnorm(model), runtime)
+    model = prepare_model(model, runtime)
+    x, _ = images(64)
+    la, _ = predict(model, x, NORM, runtime, 64)
+    lb, _ = predict(folded, x, NORM, runtime, 64)
+    assert torch.allclose(la, lb, rtol=1e-2, atol=1e-3)     # TF32 convolutions round differently
+
+
+def test_training_keeps_the_data_on_the_device_and_learns():
+    runtime = Runtime(cuda(), torch.bfloat16 if torch.cuda.is_bf16_supported() else None, channels_last=True,
+                      progress=False)
+    torch.manual_seed(0)
+    model = prepare_model(build_model(SMALL_WRN, 10, 3), runtime)
+    x, y = images(512)
+    y = (x.float().mean((1, 2, 3)) > 127.5).long()        # a learnable label: bright vs dark
+    spec = TrainSpec(train=ImageSet("train", x, y), test=ImageSet("test", x[:128], y[:128]), normalizer=NORM,
+                     objective=lambda logits, labels, n: F.cross_entropy(logits, labels), epochs=3, batch_size=64,
+                     seed=0, crop_pad=4, flip=True, description="gpu")
+    opt = make_optimizer(model, 0.05, 0.9, 5e-4, True)
+    state = fit(model, spec, runtime, opt, make_scheduler(opt, 3 * 8, 0.05), LoopState(), save=lambda s: None)
+    losses = [row["loss"] for row in state.history]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_with_one_process_on_nccl_gives_the_plain_gradients():
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from energy_cli.engine import distributed
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = build_model(SMALL_WRN, 10, 3).to(cuda())
+        twin = build_model(SMALL_WRN, 10, 3).to(cuda())
+        twin.load_state_dict(plain.state_dict())
+        ddp = DistributedDataParallel(twin, device_ids=[0])
+        x = torch.randn(16, 3, 32, 32, device=cuda())
+        y = torch.randint(0, 10, (16,), device=cuda())
+        torch.manual_seed(1)
+        F.cross_entropy(plain(x), y).backward()
+        torch.manual_seed(1)
+        F.cross_entropy(ddp(x), y).backward()
+        for p, q in zip(plain.parameters(), twin.parameters()):
+            assert torch.allclose(p.grad, q.grad, rtol=1e-3, atol=1e-5)
+        total = torch.tensor([2.0, 3.0], device=cuda())
+        dist.all_reduce(total)
+        assert total.tolist() == [2.0, 3.0]
+        assert torch.equal(distributed.weights_checksum(plain), distributed.weights_checksum(twin))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_compile_on_the_gpu_gives_the_eager_scores():
+    runtime = Runtime(cuda(), None, channels_last=True, progress=False)
+    compiled_rt = Runtime(cuda(), None, channels_last=True, progress=False, compile=True)
+    torch.manual_seed(0)
+    eager = prepare_model(build_model(SMALL_WRN, 10, 3).eval(), runtime)
+    twin = build_model(SMALL_WRN, 10, 3)
+    twin.load_state_dict(eager.state_dict())
+    compiled = prepare_model(twin.eval(), compiled_rt, (3, 32, 32))
+    assert is_compiled(compiled)
+    x, _ = images(300)
+    dets = build_detectors(["msp", "energy"], eager, NORM, runtime, batch_size=128)
+    _, want = score_images(eager, x, dets, NORM, runtime, 128)
+    dets = build_detectors(["msp", "energy"], compiled, NORM, compiled_rt, batch_size=128)
+    _, got = score_images(compiled, x, dets, NORM, compiled_rt, 128)
+    for name in want:
+        assert torch.allclose(want[name], got[name], rtol=1e-2, atol=1e-3), name
