@@ -100,14 +100,15 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
 
 def _plan_run(command: str, overrides: list[str]) -> tuple[list[str], object]:
-    """Resolve resume= and claim a fresh run folder: the final overrides, and the claimed folder (or None)."""
+    """Resolve resume= and plan the run folder (created, locked, checked before Hydra writes into it): the
+    final overrides, and the planned folder (or None)."""
     from energy_cli.runs import resume
-    from energy_cli.runs.folders import starts_a_job, with_run_folder
+    from energy_cli.runs.folders import plan_run_folder, starts_a_job
 
     if starts_a_job(overrides):
         overrides = _report(lambda: resume.plan(command, overrides))  # type: ignore[assignment]
     try:
-        return with_run_folder(command, overrides)
+        return plan_run_folder(command, overrides)
     except UserError as exc:
         fail(str(exc))
     raise AssertionError("unreachable")
@@ -117,7 +118,7 @@ def _run_distributed(command: str, overrides: list[str], group) -> None:
     """train / finetune under torchrun: rank 0 plans the run (resume, run folder) and tells the others; every
     rank runs the same Hydra job in the same folder, only rank 0 writes Hydra's record and the outputs."""
     from energy_cli.engine import distributed
-    from energy_cli.runs.folders import is_multirun, remove_if_unused
+    from energy_cli.runs.folders import end_run_folder, is_multirun
 
     if is_multirun(overrides):
         fail("-m sweeps do not run under torchrun; start one torchrun per job, or sweep with a Hydra launcher "
@@ -145,8 +146,8 @@ def _run_distributed(command: str, overrides: list[str], group) -> None:
             run_hydra(command, overrides)
             ok = True
         finally:
-            if not ok and group.is_main:
-                remove_if_unused(claimed)
+            if group.is_main:
+                end_run_folder(claimed, ok)
         distributed.barrier()   # every rank is done with the group before any rank takes it down
     finally:
         distributed.shutdown()
@@ -177,10 +178,11 @@ def _restore_sigterm(previous: object) -> None:
 
 def launch(command: str, overrides: list[str]) -> None:
     """Run `command` with its Hydra overrides: under torchrun (training commands on every rank, the others on
-    rank 0 alone) or as one process; plan resume= and the run folder first, remove a claimed folder that a
-    failed run left empty, and turn SIGTERM before training starts into a one-line exit."""
+    rank 0 alone) or as one process; plan resume= and the run folder first (locked until the command ends),
+    remove what a failed run created without writing outputs, and turn SIGTERM outside the training loop
+    into a one-line exit that says what was saved."""
     from energy_cli.engine import distributed  # lazy: keeps --help fast (no torch)
-    from energy_cli.runs.folders import remove_if_unused
+    from energy_cli.runs.folders import end_run_folder, stopped_message
 
     group = distributed.from_env()
     if group.enabled:   # started by torchrun
@@ -198,9 +200,7 @@ def launch(command: str, overrides: list[str]) -> None:
         ok = True
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", 2)
-        fail(f"stopped by {'SIGTERM' if signum == 15 else 'SIGINT'} before training started; nothing was saved",
-             status=128 + signum)
+        fail(stopped_message('SIGTERM' if signum == 15 else 'SIGINT', claimed), status=128 + signum)
     finally:
         _restore_sigterm(previous)
-        if not ok:
-            remove_if_unused(claimed)
+        end_run_folder(claimed, ok)

@@ -33,16 +33,24 @@ def refuse_to_overwrite(cfg, run_dir: Path) -> None:
 
 
 def run_command(cfg) -> object:
+    """The command in its run folder, which it holds locked (the command line locked it already, except for
+    a folder Hydra resolves itself and a sweep's job folders; under torchrun rank 0 holds it)."""
+    import contextlib
+
     from hydra.core.hydra_config import HydraConfig
 
     from energy_cli.commands.validate import validate
+    from energy_cli.engine import distributed
+    from energy_cli.runs.locks import run_lock
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     print(f"energy-ood {cfg.command}: run folder {display_path(run_dir)}", flush=True)
-    validate(cfg)
-    refuse_to_overwrite(cfg, run_dir)
-    module = importlib.import_module(COMMAND_MODULES[cfg.command])
-    return module.run(cfg, run_dir)
+    lock = run_lock(run_dir) if distributed.current().is_main else contextlib.nullcontext()
+    with lock:
+        validate(cfg)
+        refuse_to_overwrite(cfg, run_dir)
+        module = importlib.import_module(COMMAND_MODULES[cfg.command])
+        return module.run(cfg, run_dir)
 
 
 __all__ = ["COMMAND_MODULES", "display_path", "run_command"]
