@@ -135,9 +135,10 @@ def _report_errors(command: str, func):
 
 
 def _plan_run(command: str, overrides: list[str]) -> tuple[list[str], object]:
-    """Resolve resume= and claim a fresh run folder: the final overrides, and the claimed folder (or None)."""
+    """Resolve resume= and plan the run folder (created, locked, checked before Hydra writes into it): the
+    final overrides, and the planned folder (or None)."""
     from energy_cli.config.overrides import last_value
-    from energy_cli.runs.folders import starts_a_job, with_run_folder
+    from energy_cli.runs.folders import plan_run_folder, starts_a_job
 
     if starts_a_job(overrides) and last_value(overrides, "resume") is not None:
         from energy_cli.runs import (
@@ -146,7 +147,7 @@ def _plan_run(command: str, overrides: list[str]) -> tuple[list[str], object]:
 
         overrides = _report_errors(command, lambda: resume.plan(command, overrides))
     try:
-        return with_run_folder(command, overrides)
+        return plan_run_folder(command, overrides)
     except UserError as exc:
         fail(str(exc))
     raise AssertionError("unreachable")
@@ -156,7 +157,7 @@ def _run_distributed(command: str, overrides: list[str], group) -> None:
     """train / finetune under torchrun: rank 0 plans the run (resume, run folder) and tells the others; every
     rank runs the same Hydra job in the same folder, only rank 0 writes Hydra's record and the outputs."""
     from energy_cli.engine import distributed
-    from energy_cli.runs.folders import is_multirun, remove_if_unused
+    from energy_cli.runs.folders import end_run_folder, is_multirun
 
     if is_multirun(overrides):
         fail("-m sweeps do not run under torchrun; start one torchrun per job, or sweep with a Hydra launcher "
@@ -187,8 +188,8 @@ def _run_distributed(command: str, overrides: list[str], group) -> None:
             run_hydra(command, overrides)
             ok = True
         finally:
-            if not ok and group.is_main:
-                remove_if_unused(claimed)
+            if group.is_main:
+                end_run_folder(claimed, ok)
         distributed.barrier()   # every rank is done with the group before any rank takes it down
     finally:
         distributed.shutdown()
@@ -219,12 +220,13 @@ def _restore_sigterm(previous: object) -> None:
 
 def launch(command: str, overrides: list[str]) -> None:
     """Run `command` with its Hydra overrides: under torchrun (training commands on every rank, the others on
-    rank 0 alone) or as one process; plan resume= and the run folder first, remove a claimed folder that a
-    failed run left empty, and turn SIGTERM before training starts into a one-line exit."""
+    rank 0 alone) or as one process; plan resume= and the run folder first (locked until the command ends),
+    remove what a failed run created without writing outputs, and turn SIGTERM outside the training loop
+    into a one-line exit that says what was saved."""
     from energy_cli.engine.ranks import (
-        from_env,  # torch-free: keeps --help, --cfg job and report fast
+        from_env,  # lazy, torch-free: keeps --help, --cfg job and report fast
     )
-    from energy_cli.runs.folders import remove_if_unused
+    from energy_cli.runs.folders import end_run_folder, stopped_message
 
     console_logging()
     group = from_env()
@@ -243,10 +245,8 @@ def launch(command: str, overrides: list[str]) -> None:
         ok = True
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", 2)
-        fail(f"stopped by {'SIGTERM' if signum == 15 else 'SIGINT'} before training started; nothing was saved",
-             status=128 + signum)
+        fail(stopped_message('SIGTERM' if signum == 15 else 'SIGINT', claimed), status=128 + signum)
     finally:
         _restore_sigterm(previous)
         console_logging()   # closes the run's log file
-        if not ok:
-            remove_if_unused(claimed)
+        end_run_folder(claimed, ok)

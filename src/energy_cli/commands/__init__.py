@@ -37,15 +37,22 @@ def refuse_to_overwrite(cfg, run_dir: Path) -> None:
 
 
 def run_command(cfg) -> object:
+    """The command in its run folder, which it holds locked (the command line locked it already, except for
+    a folder Hydra resolves itself and a sweep's job folders; under torchrun rank 0 holds it)."""
+    import contextlib
+
     from hydra.core.hydra_config import HydraConfig
 
+    from energy_cli.runs.locks import run_lock
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     log.info(f"energy-ood {cfg.command}: run folder {display_path(run_dir)}")
-    checked = validate(cfg)
-    refuse_to_overwrite(cfg, run_dir)
-    module = importlib.import_module(COMMAND_MODULES[cfg.command])
-    return module.run(cfg, run_dir, **checked)
+    lock = run_lock(run_dir) if from_env().is_main else contextlib.nullcontext()
+    with lock:
+        checked = validate(cfg)
+        refuse_to_overwrite(cfg, run_dir)
+        module = importlib.import_module(COMMAND_MODULES[cfg.command])
+        return module.run(cfg, run_dir, **checked)
 
 
 __all__ = ["COMMAND_MODULES", "display_path", "run_command"]

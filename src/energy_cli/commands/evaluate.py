@@ -31,6 +31,7 @@ from energy_cli.detectors.scoring import score_images
 from energy_cli.engine.inference import accuracy
 from energy_cli.engine.runtime import Runtime, runtime_from_config
 from energy_cli.engine.seeding import mix_seed, seed_everything
+from energy_cli.errors import UserError
 from energy_cli.fileio import file_part
 from energy_cli.ood.metrics import (
     METRIC_NAMES,
@@ -46,16 +47,22 @@ from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.folders import display_path
 from energy_cli.runs.outputs import format_table, write_results, write_scores
 from energy_cli.runs.thresholds import FILENAME as THRESHOLDS_FILE
-from energy_cli.runs.thresholds import TPR, thresholds_document, write_thresholds
+from energy_cli.runs.thresholds import (
+    TPR,
+    merge_beside_checkpoint,
+    thresholds_document,
+    write_thresholds,
+)
 
 log = logging.getLogger(__name__)
 
 
-def fit_key(ckpt_path: Path, train: ImageSet, runtime: Runtime) -> str:
-    """What a Mahalanobis fit depends on: the checkpoint's bytes, the training images and labels, and the
-    precision of the forward passes. A cache written under another key is refitted."""
+def fit_key(checkpoint_sha256: str, train: ImageSet, runtime: Runtime) -> str:
+    """What a Mahalanobis fit depends on: the checkpoint's bytes (the sha256 of the bytes that were loaded,
+    never of the file read again), the training images and labels, and the precision of the forward passes.
+    A cache written under another key is refitted."""
     h = hashlib.sha256(b"mahalanobis/1")
-    h.update(ckpt_io.file_digest(ckpt_path).encode())
+    h.update(checkpoint_sha256.encode())
     h.update(train.images.contiguous().numpy().tobytes())
     if train.labels is not None:
         h.update(train.labels.long().contiguous().numpy().tobytes())
@@ -63,7 +70,8 @@ def fit_key(ckpt_path: Path, train: ImageSet, runtime: Runtime) -> str:
     return h.hexdigest()
 
 
-def fit_detectors(detectors: list[Detector], train: ImageSet, ckpt_path: Path, runtime: Runtime) -> None:
+def fit_detectors(detectors: list[Detector], train: ImageSet, ckpt_path: Path, checkpoint_sha256: str,
+                  runtime: Runtime) -> None:
     """Fit the detectors that need it (mahalanobis) on the ID training set, once per checkpoint: the fit is
     cached next to the checkpoint as `<score>.pt` (e.g. mahalanobis.pt), keyed by fit_key, and reused while
     the key matches. When that folder is not writable the fit is kept in memory only."""
@@ -71,7 +79,7 @@ def fit_detectors(detectors: list[Detector], train: ImageSet, ckpt_path: Path, r
         if not det.needs_fit:
             continue
         cache = ckpt_path.parent / f"{det.name}.pt"
-        key = fit_key(ckpt_path, train, runtime)
+        key = fit_key(checkpoint_sha256, train, runtime)
         state = ckpt_io.load_fit_cache(cache, key)
         if state is not None:
             det.load_state_dict(state)
@@ -79,11 +87,21 @@ def fit_detectors(detectors: list[Detector], train: ImageSet, ckpt_path: Path, r
             continue
         det.fit(train)
         try:
-            ckpt_io.save_fit_cache(cache, key, det.state_dict())
+            ckpt_io.save_fit_cache(cache, key, det.state_dict(), checkpoint_sha256)
             note = f"cached in {display_path(cache)}"
         except OSError as exc:
             note = f"kept in memory only: cannot write {display_path(cache)}: {exc.strerror or exc}"
         log.info(f"{det.name}: fitted on {len(train)} {train.name} training images ({note})")
+
+
+def check_finite(scores: dict[str, dict[str, np.ndarray]]) -> None:
+    """Every score of every set is a finite number: otherwise one line naming the first that is not."""
+    for name, per in scores.items():
+        for score, values in per.items():
+            bad = int(np.size(values) - np.isfinite(values).sum())
+            if bad:
+                raise UserError(f"{bad} of the {np.size(values)} {score} scores of {name} are NaN or infinite: the "
+                                "model's outputs overflow (check the checkpoint, and the temperature settings)")
 
 
 def metric_rows(scores: dict[str, dict[str, np.ndarray]], score_names: list[str], ood_names: list[str],
@@ -121,22 +139,28 @@ def metric_rows(scores: dict[str, dict[str, np.ndarray]], score_names: list[str]
 def store_thresholds(id_scores: dict[str, np.ndarray], temperatures: dict[str, float | None], header: dict[str, Any],
                      run_dir: Path, ckpt_path: Path) -> dict[str, tuple[float, float]]:
     """Per score, the threshold at 95% ID TPR on the ID test scores -> thresholds.json in the run folder and
-    (merged with earlier entries) next to the checkpoint; each entry records the temperature its score used
-    (None for scores without one). Returns {score: (threshold, ID recall)}."""
+    (merged under a lock with the entries of other evals of the same checkpoint bytes) next to the
+    checkpoint; each entry records the sha256 of the checkpoint bytes (header["checkpoint_sha256"]) and the
+    temperature its score used (None for scores without one). Returns {score: (threshold, ID recall)}."""
     found = {name: threshold_at_tpr(values, TPR) for name, values in id_scores.items()}
     entries = {name: {"threshold": t, "id_tpr": r, "n_id": int(len(id_scores[name])),
-                      "temperature": temperatures.get(name),
+                      "temperature": temperatures.get(name), "checkpoint_sha256": header["checkpoint_sha256"],
                       "eval_run": str(run_dir.resolve())} for name, (t, r) in found.items()}
     document = thresholds_document(entries, header)
     write_thresholds(run_dir / THRESHOLDS_FILE, document)
     where = display_path(run_dir / THRESHOLDS_FILE)
+    notes: list[str] = []
+    beside = ckpt_path.parent / THRESHOLDS_FILE
     try:
-        write_thresholds(ckpt_path.parent / THRESHOLDS_FILE, document, merge=True)
-        where += f" and {display_path(ckpt_path.parent / THRESHOLDS_FILE)}"
+        notes = merge_beside_checkpoint(beside, document, header["checkpoint_sha256"])
+        if not (notes and notes[0].startswith("left ")):
+            where += f" and {display_path(beside)}"
     except OSError as exc:
         where += f" (not next to the checkpoint: {exc.strerror or exc})"
     cells = ", ".join(f"{name} {t:.6g}" for name, (t, _) in found.items())
     log.info(f"thresholds at {TPR:.0%} ID TPR (in-distribution when score >= threshold): {cells}; wrote {where}")
+    for note in notes:
+        log.info(f"note: {note}")
     return found
 
 
@@ -180,7 +204,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     detectors = build_detectors(score_names, model, normalizer, runtime, temperature=temperature,
                                 odin_temperature=float(cfg.odin.temperature), odin_noise=float(cfg.odin.noise),
                                 mahalanobis_noise=float(cfg.mahalanobis.noise), batch_size=batch_size)
-    fit_detectors(detectors, train, path, runtime)
+    fit_detectors(detectors, train, path, ckpt[ckpt_io.DIGEST_KEY], runtime)
 
     logits, scores = {}, {}
     logits["id"], scores["id"] = score_images(model, test.images, detectors, normalizer, runtime, batch_size)
@@ -188,6 +212,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
         logits[ood.name], scores[ood.name] = score_images(model, ood.images, detectors, normalizer, runtime,
                                                           batch_size)
     scores = {name: {score: values.numpy() for score, values in per.items()} for name, per in scores.items()}
+    check_finite(scores)
 
     ood_samples = None if str(cfg.ood_samples) == "all" else int(cfg.ood_samples)
     base = {"dataset": cfg.dataset.name, "backbone": ckpt["backbone"]["name"], "stage": ckpt["stage"],
@@ -203,8 +228,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
         arrays.update({f"{name}/logits": values.numpy() for name, values in logits.items()})
         write_scores(run_dir / "scores.npz", arrays)
     log.info(format_table(rows))
-    header = {"checkpoint": str(path.resolve()), "dataset": cfg.dataset.name, "backbone": ckpt["backbone"]["name"],
-              "stage": ckpt["stage"]}
+    header = {"checkpoint": str(path.resolve()), "checkpoint_sha256": ckpt[ckpt_io.DIGEST_KEY],
+              "dataset": cfg.dataset.name, "backbone": ckpt["backbone"]["name"], "stage": ckpt["stage"]}
     thresholds = store_thresholds(scores["id"], temperatures, header, run_dir, path)
     if cfg.plots:
         title = f"{cfg.dataset.name} / {ckpt['backbone']['name']} / stage {ckpt['stage']}"

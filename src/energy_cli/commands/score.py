@@ -26,10 +26,11 @@ from energy_cli.engine.runtime import runtime_from_config
 from energy_cli.engine.seeding import seed_everything
 from energy_cli.errors import UserError
 from energy_cli.ood.scores import energy_score, msp_score
+from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.folders import display_path
 from energy_cli.runs.outputs import write_csv
 from energy_cli.runs.thresholds import FILENAME as THRESHOLDS_FILE
-from energy_cli.runs.thresholds import read_thresholds
+from energy_cli.runs.thresholds import is_hand_written, read_thresholds, stored_entry
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +51,19 @@ def input_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def energy_threshold(cfg: DictConfig, ckpt_path: Path, temperature: float) -> tuple[float, str]:
-    """threshold= when given, else the energy entry of thresholds.json next to the checkpoint."""
+def energy_threshold(cfg: DictConfig, ckpt_path: Path, checkpoint_sha256: str, temperature: float) -> tuple[float, str]:
+    """threshold= when given, else the energy entry of thresholds.json next to the checkpoint, which must
+    have been measured on these checkpoint bytes at this temperature (runs/thresholds.stored_entry)."""
     if cfg.threshold is not None:
         return float(cfg.threshold), "given"
     path = ckpt_path.parent / THRESHOLDS_FILE
-    entry = read_thresholds(path)["scores"].get("energy")
-    if entry is None:
-        raise UserError(f"{display_path(path)} holds no energy threshold: run `energy-ood eval ckpt={display_path(ckpt_path)} "
-                        "score=[msp,energy]` first, or pass threshold=VALUE")
-    stored = float(entry.get("temperature", 1.0))
-    if stored != temperature:
-        raise UserError(f"the stored energy threshold was measured at temperature={stored:g}, not {temperature:g}: "
-                        f"pass temperature={stored:g}, or threshold=VALUE")
-    return float(entry["threshold"]), f"{display_path(path)}, {100 * entry['id_tpr']:.1f}% ID TPR"
+    rerun = f"energy-ood eval ckpt={display_path(ckpt_path)} score=[msp,energy]"
+    threshold, entry = stored_entry(read_thresholds(path), "energy", checkpoint_sha256, temperature,
+                                    Path(display_path(path)), rerun)
+    if is_hand_written(entry):
+        return threshold, f"{display_path(path)}, hand-written"
+    tpr = entry.get("id_tpr")
+    return threshold, f"{display_path(path)}" + (f", {100 * tpr:.1f}% ID TPR" if isinstance(tpr, (int, float)) else "")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
@@ -74,9 +74,9 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     model, ckpt = load_model(ckpt_path, cfg, runtime, for_inference=True)
     normalizer = checkpoint_normalizer(ckpt)
     temperature = float(cfg.temperature)
-    threshold, source = energy_threshold(cfg, ckpt_path, temperature)
+    threshold, source = energy_threshold(cfg, ckpt_path, ckpt[ckpt_io.DIGEST_KEY], temperature)
     shape = (int(ckpt["in_channels"]), int(ckpt["image_size"]), int(ckpt["image_size"]))
-    chunk = max(1, int(cfg.chunk_size))
+    chunk = int(cfg.chunk_size)
     log.info(f"scoring {len(files)} image files with {display_path(ckpt_path)} (stage {ckpt['stage']}), resized to "
              f"{shape[0]}x{shape[1]}x{shape[2]}; ood when energy score < {threshold:.6g} ({source})")
 

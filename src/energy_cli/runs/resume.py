@@ -126,7 +126,9 @@ def find_interrupted(command: str, config: dict[str, Any], roots: Sequence[Path]
 
 def plan(command: str, args: Sequence[str]) -> list[str]:
     """Rewrite the arguments of a `resume=` run so that Hydra runs it in the interrupted run's folder with
-    that run's overrides (then the ones given now). Arguments without `resume=` come back unchanged."""
+    that run's overrides (then the ones given now). Arguments without `resume=` come back unchanged. The
+    original command repeated with `resume=` added works too: with `hydra.run.dir=FOLDER`, resume=true / auto
+    continue the run in FOLDER, and resume=PATH must name a checkpoint in FOLDER."""
 
     args = list(args)
     value = resume_value(args)
@@ -137,10 +139,19 @@ def plan(command: str, args: Sequence[str]) -> list[str]:
     if is_multirun(args):
         raise UserError("resume= cannot be combined with -m; resume each job of a sweep on its own with "
                         "resume=PATH_TO_ITS_checkpoint.pt")
-    if any(key_of(a) in ("hydra.run.dir", "hydra.output_subdir") for a in args):
-        raise UserError("a resumed run continues in the interrupted run's own folder; drop hydra.run.dir= "
-                        "(and hydra.output_subdir=)")
-    if value.lower() in _SEARCH:
+    folder = last_value(args, "hydra.run.dir")       # the original command repeated, with its folder
+    if folder is not None and "${" in folder:
+        raise UserError(f"hydra.run.dir={folder}: a resumed run continues in the interrupted run's own folder; "
+                        "name that folder plainly, or drop hydra.run.dir=")
+    if value.lower() in _SEARCH and folder is not None:
+        path = Path(folder).expanduser() / ckpt_io.FILENAME
+        if not path.is_file():
+            if value.lower() == "auto":
+                log.info(f"energy-ood {command}: no interrupted run in {folder} to resume; starting a new run there")
+                return [a for a in args if key_of(a) != "resume"]
+            raise UserError(f"resume={value}: hydra.run.dir={folder} holds no {ckpt_io.FILENAME} to resume; drop "
+                            "resume= to start a new run there")
+    elif value.lower() in _SEARCH:
         path = find_interrupted(command, composed_config(command, args), search_roots())
         if path is None:
             if value.lower() == "auto":
@@ -150,11 +161,14 @@ def plan(command: str, args: Sequence[str]) -> list[str]:
                             "multirun/ here; pass resume=PATH to a checkpoint.pt, or drop resume= to start anew")
     else:
         path = _checkpoint_path(value)
+        if folder is not None and path.parent.resolve() != Path(folder).expanduser().resolve():
+            raise UserError(f"resume={value} continues in its own folder {path.parent}, not in hydra.run.dir={folder}; "
+                            "drop hydra.run.dir= (or name that folder)")
     ckpt = ckpt_io.load_checkpoint(path)
     _check_resumable(command, path, ckpt)
     path = path.resolve()
     earlier = [o for o in ckpt.get("overrides", []) if key_of(o) != "resume" and not key_of(o).startswith("hydra.")]
-    now = [a for a in args if key_of(a) != "resume"]
+    now = [a for a in args if key_of(a) not in ("resume", "hydra.run.dir", "hydra.output_subdir")]
     return [*earlier, *now, f"resume={quote(str(path))}",
             f"hydra.run.dir={quote(str(path.parent))}", "hydra.output_subdir=null"]
 
