@@ -194,6 +194,11 @@ def progress_value(cfg: DictConfig, key: str) -> None:
         raise UserError(f"{key}={_value(cfg, key)!r} is not known; choose one of: auto, true, false")
 
 
+def channels_last_value(cfg: DictConfig, key: str) -> None:
+    if _value(cfg, key) not in ("auto", True, False):
+        raise UserError(f"{key}={_value(cfg, key)!r} must be auto, true or false")
+
+
 def number_or_null(cfg: DictConfig, key: str) -> None:
     if _value(cfg, key) is not None:
         _number(cfg, key)
@@ -239,7 +244,7 @@ RULES: dict[str, Rule] = {
     "threads": auto_or(integer(1, 4096)),
     "progress": progress_value,
     "probe": choice("auto", "off", "refresh"),
-    "channels_last": auto_or(flag),
+    "channels_last": channels_last_value,
     "overwrite": boolean_or_null,
     # the in-distribution dataset
     "dataset.name": checked_elsewhere,

@@ -72,7 +72,7 @@ CASES = [
     ("train", "dataset.mean=[nan]", "dataset.mean[0]=nan must be a finite number"),
     ("train", "dataset.std=[1,1]", "dataset.std has 2 values, but dataset=digits has 1 channel"),
     ("train", "nesterov=maybe", "nesterov=maybe must be true or false"),
-    ("train", "progress=2", "progress=2 must be true or false"),
+    ("train", "progress=2", "progress=2 is not known; choose one of: auto, true, false"),
     ("eval", "save_scores=yes", "save_scores=yes must be true or false"),
     ("train", "threads=0", "threads=0 must be >= 1"),
     ("train", "device=cuda:x", "device=cuda:x is not known"),
