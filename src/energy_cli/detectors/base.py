@@ -47,4 +47,4 @@ class Detector(abc.ABC):
 
     @abc.abstractmethod
     def score(self, batch: Batch) -> torch.Tensor:
-        """(N,) fp32 scores of the batch, higher = more in-distribution."""
+        """(N,) float64 scores of the batch, higher = more in-distribution."""
