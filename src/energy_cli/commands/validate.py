@@ -41,6 +41,12 @@ def _non_negative(cfg: DictConfig, key: str) -> None:
         raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be >= 0")
 
 
+def _within(cfg: DictConfig, key: str, low: float, high: float, high_included: bool = True) -> None:
+    value = _number(cfg, key)
+    if not (low <= value <= high if high_included else low <= value < high):
+        raise UserError(f"{key}={value:g} must lie in [{low:g}, {high:g}{']' if high_included else ')'}")
+
+
 def _boolean(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key)
     if value is not None and not isinstance(value, bool):
@@ -123,6 +129,17 @@ def validate(cfg: DictConfig) -> None:
         _positive(cfg, "odin.temperature")
         _non_negative(cfg, "odin.noise")
         _non_negative(cfg, "mahalanobis.noise")
+        # the energy family (defaults in eval.yaml; a key missing from an older saved config takes the default)
+        if OmegaConf.select(cfg, "react") is not None:
+            _within(cfg, "react.percentile", 0, 100)
+            _within(cfg, "dice.sparsity", 0, 1, high_included=False)
+            _choice(cfg, "ash.variant", ["p", "b", "s"])
+            _within(cfg, "ash.percentile", 0, 100, high_included=False)
+            _integer(cfg, "knn.k", 1)
+            if str(OmegaConf.select(cfg, "vim.dim")) != "auto":
+                _integer(cfg, "vim.dim", 1)
+            _positive(cfg, "gen.gamma")
+            _integer(cfg, "gen.m", 1)
         _integer(cfg, "num_to_avg", 1)
         if str(cfg.ood_samples) != "all":
             _integer(cfg, "ood_samples", 1)
