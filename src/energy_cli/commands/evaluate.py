@@ -24,6 +24,7 @@ from energy_cli.commands.checkpoints import (
     find_checkpoint,
     load_model,
 )
+from energy_cli.commands.tuning import tune_detectors
 from energy_cli.data import id_shape, load_id, load_ood, resolve_ood_names
 from energy_cli.data.images import ImageSet
 from energy_cli.detectors import EXTENDED_NAMES, build_detectors, resolve_score_names
@@ -216,6 +217,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
                                 mahalanobis_noise=float(cfg.mahalanobis.noise), batch_size=batch_size,
                                 options=extended_options(cfg))
     fit_detectors(detectors, train, path, runtime)
+    tune_detectors(cfg, detectors, model, normalizer, runtime, test, train, shape, ood_names, run_dir)
 
     logits, scores = {}, {}
     logits["id"], scores["id"] = score_images(model, test.images, detectors, normalizer, runtime, batch_size)

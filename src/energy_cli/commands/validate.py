@@ -129,6 +129,17 @@ def validate(cfg: DictConfig) -> None:
         _positive(cfg, "odin.temperature")
         _non_negative(cfg, "odin.noise")
         _non_negative(cfg, "mahalanobis.noise")
+        if OmegaConf.select(cfg, "odin.tune") is not None:
+            for key in ("odin.tune", "mahalanobis.tune"):
+                _flag(cfg, key)
+            for key, check in (("odin.grid.temperature", _positive), ("odin.grid.noise", _non_negative),
+                               ("mahalanobis.grid.noise", _non_negative)):
+                values = OmegaConf.select(cfg, key)
+                if not OmegaConf.is_list(values) or len(values) == 0:
+                    raise UserError(f"{key}={values} must be a non-empty list of numbers, e.g. [0, 0.0014]")
+                for i in range(len(values)):
+                    check(cfg, f"{key}[{i}]")
+            _integer(cfg, "validation_samples", 1)
         # the energy family (defaults in eval.yaml; a key missing from an older saved config takes the default)
         if OmegaConf.select(cfg, "react") is not None:
             _within(cfg, "react.percentile", 0, 100)
