@@ -91,3 +91,56 @@ def test_energy_family_defaults(compose):
     cfg = compose("eval")
     assert cfg.react.percentile == 90 and cfg.dice.sparsity == 0.9 and (cfg.ash.variant, cfg.ash.percentile) == ("s", 90)
     assert cfg.knn.k == 50 and cfg.vim.dim == "auto" and (cfg.gen.gamma, cfg.gen.m) == (0.1, 100)
+
+
+# --------------------------------------------------------------------------- odin.tune / mahalanobis.tune
+
+
+def test_odin_and_mahalanobis_tuning(root, capsys):
+    import json
+
+    run = eval_run(root, "tuned", "score=[msp,odin,mahalanobis]", "odin.tune=true", "mahalanobis.tune=true",
+                   "odin.grid.temperature=[1,1000]", "odin.grid.noise=[0,0.0014]", "mahalanobis.grid.noise=[0,0.01]",
+                   "validation_samples=60", "save_scores=true", "--ood", "uniform")
+    out = capsys.readouterr().out
+    assert "odin: tuned on 6 validation OOD sets (val_mean_pairs, val_geomean, val_jigsaw, val_speckle," in out
+    tuning = json.loads((run / "tuning.json").read_text())
+    assert set(tuning) == {"odin", "mahalanobis"}
+    odin = tuning["odin"]
+    assert [(r["temperature"], r["noise"]) for r in odin["grid"]] == [(1, 0), (1, 0.0014), (1000, 0), (1000, 0.0014)]
+    assert odin["validation_sets"][0] == "val_mean_pairs" and odin["n_validation"] == [60] * 6
+    best = min(odin["grid"], key=lambda r: (r["fpr95"], -r["auroc"]))
+    assert odin["chosen"] == {"temperature": best["temperature"], "noise": best["noise"]}
+    assert odin["validation_fpr95"] == best["fpr95"]
+    rows = read_csv(run / "results.csv")
+    assert {r["temperature"] for r in rows if r["score"] == "odin"} == {f"{best['temperature']:g}"}
+    assert len(tuning["mahalanobis"]["grid"]) == 2 and tuning["mahalanobis"]["chosen"]["noise"] in (0, 0.01)
+
+    # a one-point grid at T = 1 without noise is the MSP
+    one = eval_run(root, "tuned1", "score=[msp,odin]", "odin.tune=true", "odin.grid.temperature=[1]",
+                   "odin.grid.noise=[0]", "validation_samples=20", "save_scores=true", "--ood", "uniform")
+    capsys.readouterr()
+    scores = np.load(one / "scores.npz")
+    assert np.array_equal(scores["id/odin"], scores["id/msp"])
+
+
+def test_tuning_refuses_a_test_set_as_validation_data(root, capsys):
+    with working_dir(root), pytest.raises(SystemExit) as info:
+        main(["eval", "ckpt=t/checkpoint.pt", "hydra.run.dir=bad", *FAST, "score=[odin]", "odin.tune=true",
+              "validation_ood=[uniform]", "--ood", "uniform"])
+    assert info.value.code == 2
+    assert "validation_ood names uniform, one of this run's OOD test sets" in capsys.readouterr().err
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("override,message", [
+    ("odin.tune=maybe", "odin.tune=maybe must be true or false"),
+    ("odin.grid.temperature=[]", "odin.grid.temperature=[] must be a non-empty list of numbers"),
+    ("odin.grid.temperature=[1,0]", "odin.grid.temperature[1]=0 must be > 0"),
+    ("mahalanobis.grid.noise=[-1]", "mahalanobis.grid.noise[0]=-1 must be >= 0"),
+    ("validation_samples=0", "validation_samples=0 must be >= 1"),
+])
+def test_tuning_keys_are_validated(compose, override, message):
+    with pytest.raises(UserError) as info:
+        validate(compose("eval", [override]))
+    assert message in str(info.value)
