@@ -33,9 +33,9 @@ from energy_cli.detectors.odin import ODIN
 from energy_cli.detectors.scoring import score_images
 from energy_cli.engine.runtime import Runtime
 from energy_cli.errors import UserError
+from energy_cli.fileio import atomic_write_bytes
 from energy_cli.models import Classifier
 from energy_cli.ood.metrics import auroc, fpr_at_tpr
-from energy_cli.runs.checkpoint import atomic_write_bytes
 from energy_cli.runs.folders import display_path
 
 FILENAME = "tuning.json"
