@@ -25,7 +25,7 @@ from energy_cli.commands.checkpoints import (
     load_model,
 )
 from energy_cli.commands.tuning import tune_detectors
-from energy_cli.data import id_shape, load_id, load_ood, resolve_ood_names
+from energy_cli.data import id_shape, load_id, load_ood_parts, resolve_ood_names
 from energy_cli.data.images import ImageSet
 from energy_cli.detectors import EXTENDED_NAMES, build_detectors, resolve_score_names
 from energy_cli.detectors.base import Detector, FeatureFitDetector
@@ -207,7 +207,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     temperature = float(cfg.temperature)
     shape = id_shape(cfg)
     train, test = load_id(cfg)
-    oods = [load_ood(name, cfg, shape) for name in ood_names]   # every set first: a missing one fails fast
+    oods = {name: load_ood_parts(name, cfg, shape) for name in ood_names}   # every set first: a missing one fails fast
     print(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
           f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
 
@@ -221,9 +221,10 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
 
     logits, scores = {}, {}
     logits["id"], scores["id"] = score_images(model, test.images, detectors, normalizer, runtime, batch_size)
-    for ood in oods:
-        logits[ood.name], scores[ood.name] = score_images(model, ood.images, detectors, normalizer, runtime,
-                                                          batch_size)
+    for name, parts in oods.items():   # one part per image size (ood_resize=native), else one
+        scored = [score_images(model, part.images, detectors, normalizer, runtime, batch_size) for part in parts]
+        logits[name] = torch.cat([part_logits for part_logits, _ in scored])
+        scores[name] = {det.name: torch.cat([part_scores[det.name] for _, part_scores in scored]) for det in detectors}
     scores = {name: {score: values.numpy() for score, values in per.items()} for name, per in scores.items()}
 
     ood_samples = None if str(cfg.ood_samples) == "all" else int(cfg.ood_samples)

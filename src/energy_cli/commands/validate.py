@@ -151,6 +151,8 @@ def validate(cfg: DictConfig) -> None:
                 _integer(cfg, "vim.dim", 1)
             _positive(cfg, "gen.gamma")
             _integer(cfg, "gen.m", 1)
+        if cfg.get("ood_resize") is not None:
+            _choice(cfg, "ood_resize", ["resize", "native"])
         _integer(cfg, "num_to_avg", 1)
         if str(cfg.ood_samples) != "all":
             _integer(cfg, "ood_samples", 1)
