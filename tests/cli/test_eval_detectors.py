@@ -166,7 +166,7 @@ def test_temperature_sweep_writes_one_results_file_per_job(trained, capsys):
     ("odin.temperature=0", "odin.temperature=0 must be > 0"),
     ("odin.noise=-0.1", "odin.noise=-0.1 must be >= 0"),
     ("mahalanobis.noise=-1", "mahalanobis.noise=-1 must be >= 0"),
-    ("score=[odin,mahal]", "score=mahal is not known; choose from: msp, maxlogit, energy, odin, mahalanobis or all"),
+    ("score=[odin,mahal]", "score=mahal is not known; choose from: msp, maxlogit, energy, odin, mahalanobis, react"),
 ])
 def test_detector_keys_are_validated(compose, override, message):
     with pytest.raises(UserError) as info:

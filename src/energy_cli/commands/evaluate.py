@@ -3,8 +3,9 @@ draws of `ood_samples` OOD scores per set, write results.csv (and scores.npz), p
 deployment thresholds (thresholds.json, here and next to the checkpoint) and, with plots=true, draw the
 score histograms and ROC curves.
 
-Every score is a detector (detectors.py); detectors with a fit (mahalanobis) are fitted on the ID training
-set once per checkpoint, the fit cached in `mahalanobis.pt` next to the checkpoint."""
+Every score is a detector (detectors/); detectors with a fit are fitted on the ID training set once per
+checkpoint: Mahalanobis's fit is cached in `mahalanobis.pt` next to the checkpoint, the training features that
+react, dice, knn and vim fit on in `train_features.pt`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from energy_cli.commands.checkpoints import (
@@ -23,12 +25,13 @@ from energy_cli.commands.checkpoints import (
     find_checkpoint,
     load_model,
 )
-from energy_cli.data import id_shape, load_id, load_ood, resolve_ood_names
+from energy_cli.commands.tuning import tune_detectors
+from energy_cli.data import id_shape, load_id, load_ood_parts, resolve_ood_names
 from energy_cli.data.images import ImageSet
-from energy_cli.detectors import build_detectors, resolve_score_names
-from energy_cli.detectors.base import Detector
+from energy_cli.detectors import EXTENDED_NAMES, build_detectors, resolve_score_names
+from energy_cli.detectors.base import Detector, FeatureFitDetector
 from energy_cli.detectors.scoring import score_images
-from energy_cli.engine.inference import accuracy
+from energy_cli.engine.inference import accuracy, predict
 from energy_cli.engine.runtime import Runtime, runtime_from_config
 from energy_cli.engine.seeding import mix_seed, seed_everything
 from energy_cli.errors import UserError
@@ -70,16 +73,47 @@ def fit_key(checkpoint_sha256: str, train: ImageSet, runtime: Runtime) -> str:
     return h.hexdigest()
 
 
+TRAIN_FEATURES = "train_features.pt"   # penultimate features of the ID training set, next to the checkpoint
+
+
+def train_features(det: FeatureFitDetector, train: ImageSet, ckpt_path: Path, key: str,
+                   checkpoint_sha256: str) -> torch.Tensor:
+    """The penultimate features (N, D) of the ID training set under the checkpoint, from the cache next to it
+    (train_features.pt, keyed like the Mahalanobis fit) or from one eval-mode pass, then cached."""
+    cache = ckpt_path.parent / TRAIN_FEATURES
+    state = ckpt_io.load_fit_cache(cache, key)
+    if state is not None and isinstance(state.get("features"), torch.Tensor) and len(state["features"]) == len(train):
+        log.info(f"reusing the training features cached in {display_path(cache)}")
+        return state["features"]
+    _, feats = predict(det.model, train.images, det.normalizer, det.runtime, det.batch_size, features=True)
+    try:
+        ckpt_io.save_fit_cache(cache, key, {"features": feats}, checkpoint_sha256)
+        note = f"cached in {display_path(cache)}"
+    except OSError as exc:
+        note = f"kept in memory only: cannot write {display_path(cache)}: {exc.strerror or exc}"
+    log.info(f"extracted the penultimate features of {len(train)} {train.name} training images ({note})")
+    return feats
+
+
 def fit_detectors(detectors: list[Detector], train: ImageSet, ckpt_path: Path, checkpoint_sha256: str,
                   runtime: Runtime) -> None:
-    """Fit the detectors that need it (mahalanobis) on the ID training set, once per checkpoint: the fit is
-    cached next to the checkpoint as `<score>.pt` (e.g. mahalanobis.pt), keyed by fit_key, and reused while
-    the key matches. When that folder is not writable the fit is kept in memory only."""
+    """Fit the detectors that need it on the ID training set, once per checkpoint. Mahalanobis's fit is
+    cached next to the checkpoint as mahalanobis.pt; react, dice, knn and vim fit from the training features,
+    extracted once for all of them and cached as train_features.pt (so a sweep over their settings refits in
+    a moment). Caches are keyed by fit_key and reused while the key matches; when that folder is not writable
+    they are kept in memory only."""
+    if not any(det.needs_fit for det in detectors):
+        return
+    key = fit_key(checkpoint_sha256, train, runtime)
+    feature_fits = [det for det in detectors if isinstance(det, FeatureFitDetector)]
+    if feature_fits:
+        feats = train_features(feature_fits[0], train, ckpt_path, key, checkpoint_sha256)
+        for det in feature_fits:
+            det.fit_features(feats, train.labels)
     for det in detectors:
-        if not det.needs_fit:
+        if not det.needs_fit or isinstance(det, FeatureFitDetector):
             continue
         cache = ckpt_path.parent / f"{det.name}.pt"
-        key = fit_key(checkpoint_sha256, train, runtime)
         state = ckpt_io.load_fit_cache(cache, key)
         if state is not None:
             det.load_state_dict(state)
@@ -185,6 +219,11 @@ def draw_plots(run_dir: Path, scores: dict[str, dict[str, np.ndarray]], score_na
     return written
 
 
+def extended_options(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """The settings of the energy-family detectors (react, dice, ash, knn, vim, gen) from their eval keys."""
+    return {name: dict(cfg[name]) for name in EXTENDED_NAMES if cfg.get(name) is not None}
+
+
 def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     runtime = runtime_from_config(cfg)
     seed_everything(int(cfg.seed))
@@ -196,21 +235,24 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     temperature = float(cfg.temperature)
     shape = id_shape(cfg)
     train, test = load_id(cfg)
-    oods = [load_ood(name, cfg, shape) for name in ood_names]   # every set first: a missing one fails fast
+    oods = {name: load_ood_parts(name, cfg, shape) for name in ood_names}   # every set first: a missing one fails fast
     log.info(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
              f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
 
     batch_size = runtime.eval_batch_size
     detectors = build_detectors(score_names, model, normalizer, runtime, temperature=temperature,
                                 odin_temperature=float(cfg.odin.temperature), odin_noise=float(cfg.odin.noise),
-                                mahalanobis_noise=float(cfg.mahalanobis.noise), batch_size=batch_size)
+                                mahalanobis_noise=float(cfg.mahalanobis.noise), batch_size=batch_size,
+                                options=extended_options(cfg))
     fit_detectors(detectors, train, path, ckpt[ckpt_io.DIGEST_KEY], runtime)
+    tune_detectors(cfg, detectors, model, normalizer, runtime, test, train, shape, ood_names, run_dir)
 
     logits, scores = {}, {}
     logits["id"], scores["id"] = score_images(model, test.images, detectors, normalizer, runtime, batch_size)
-    for ood in oods:
-        logits[ood.name], scores[ood.name] = score_images(model, ood.images, detectors, normalizer, runtime,
-                                                          batch_size)
+    for name, parts in oods.items():   # one part per image size (ood_resize=native), else one
+        scored = [score_images(model, part.images, detectors, normalizer, runtime, batch_size) for part in parts]
+        logits[name] = torch.cat([part_logits for part_logits, _ in scored])
+        scores[name] = {det.name: torch.cat([part_scores[det.name] for _, part_scores in scored]) for det in detectors}
     scores = {name: {score: values.numpy() for score, values in per.items()} for name, per in scores.items()}
     check_finite(scores)
 

@@ -63,6 +63,12 @@ def _non_negative(cfg: DictConfig, key: str) -> None:
         raise UserError(f"{key}={_value(cfg, key)} must be >= 0")
 
 
+def _within(cfg: DictConfig, key: str, low: float, high: float, high_included: bool = True) -> None:
+    value = _number(cfg, key)
+    if not (low <= value <= high if high_included else low <= value < high):
+        raise UserError(f"{key}={value:g} must lie in [{low:g}, {high:g}{']' if high_included else ')'}")
+
+
 def _boolean(cfg: DictConfig, key: str) -> None:
     value = _value(cfg, key)
     if value is not None and not isinstance(value, bool):
@@ -382,6 +388,39 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if command == "eval":
         resolve_ood_names(cfg.ood, cfg.dataset)
         resolve_score_names(cfg.score)
+        _positive(cfg, "odin.temperature")
+        _non_negative(cfg, "odin.noise")
+        _non_negative(cfg, "mahalanobis.noise")
+        if OmegaConf.select(cfg, "odin.tune") is not None:
+            for key in ("odin.tune", "mahalanobis.tune"):
+                _flag(cfg, key)
+            for key, check in (("odin.grid.temperature", _positive), ("odin.grid.noise", _non_negative),
+                               ("mahalanobis.grid.noise", _non_negative)):
+                values = OmegaConf.select(cfg, key)
+                if not OmegaConf.is_list(values) or len(values) == 0:
+                    raise UserError(f"{key}={values} must be a non-empty list of numbers, e.g. [0, 0.0014]")
+                for i in range(len(values)):
+                    check(cfg, f"{key}[{i}]")
+            _integer(cfg, "validation_samples", 1)
+        # the energy family (defaults in eval.yaml; a key missing from an older saved config takes the default)
+        if OmegaConf.select(cfg, "react") is not None:
+            _within(cfg, "react.percentile", 0, 100)
+            _within(cfg, "dice.sparsity", 0, 1, high_included=False)
+            _choice(cfg, "ash.variant", ["p", "b", "s"])
+            _within(cfg, "ash.percentile", 0, 100, high_included=False)
+            _integer(cfg, "knn.k", 1)
+            if str(OmegaConf.select(cfg, "vim.dim")) != "auto":
+                _integer(cfg, "vim.dim", 1)
+            _positive(cfg, "gen.gamma")
+            _integer(cfg, "gen.m", 1)
+        if cfg.get("ood_resize") is not None:
+            _choice(cfg, "ood_resize", ["resize", "native"])
+        _integer(cfg, "num_to_avg", 1)
+        if str(cfg.ood_samples) != "all":
+            _integer(cfg, "ood_samples", 1)
+        _flag(cfg, "plots")
+    if command == "score" and cfg.threshold is not None:
+        _number(cfg, "threshold")
     if command == "finetune" and cfg.loss.name == "energy":
         return {"margins": parse_margins(cfg.m_in, cfg.m_out)}
     return {}

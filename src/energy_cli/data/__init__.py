@@ -61,6 +61,9 @@ OOD_SETS: dict[str, Callable[[DictConfig, Shape], ImageSet]] = {
 # `folder:PATH` names any folder (or single image file) as an OOD set, e.g. ood=[folder:/data/my_images]
 FOLDER_PREFIX = "folder:"
 
+# the folder sets that ood_resize=native feeds at their stored size (the paper's code does not resize them)
+NATIVE_SIZE_SETS = ("lsun_c", "lsun_r", "isun")
+
 # alternative names users may type
 OOD_ALIASES: dict[str, str] = {"lsun": "lsun_c"}
 
@@ -158,3 +161,15 @@ def load_ood(name: str, cfg: DictConfig, shape: Shape) -> ImageSet:
     else:
         raise UserError(f"unknown OOD set '{name}'; choose from: {', '.join(known_ood_names())}")
     return ImageSet(name, adapt(out.images, shape))
+
+
+def load_ood_parts(name: str, cfg: DictConfig, shape: Shape) -> list[ImageSet]:
+    """One OOD test set as a list of ImageSets to score one after the other. With ood_resize=native, LSUN-C,
+    LSUN-R and iSUN keep their stored image size (channels converted only), one ImageSet per size; otherwise
+    (ood_resize=resize, the default, and every other set) one ImageSet at the ID shape, as load_ood."""
+    name = canonical_ood_name(name)
+    if str(cfg.get("ood_resize", "resize")) == "native" and name in NATIVE_SIZE_SETS:
+        root = catalog.locate(name, cfg.data_root, bool(cfg.get("download", False)))
+        return folders.load_folder_native(root, name, shape[0], bool(cfg.get("progress", False)),
+                                          what=f"get it from {catalog.SOURCES[name].url}")
+    return [load_ood(name, cfg, shape)]

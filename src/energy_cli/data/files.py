@@ -26,17 +26,24 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def decode_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
-    """One image file -> uint8 tensor of `shape` (channels, size, size). Raises OSError/ValueError if unreadable."""
+def decode_native(path: Path, channels: int) -> torch.Tensor:
+    """One image file -> uint8 tensor (channels, H, W) at its stored size (grey = BT.601 luma, or a grey
+    image repeated to RGB). Raises OSError/ValueError if unreadable."""
     from PIL import Image
 
-    channels, size, _ = shape
     with Image.open(path) as img:
         img = img.convert("L" if channels == 1 else "RGB")
         array = np.asarray(img, dtype=np.uint8)
     x = torch.from_numpy(array.copy())
     x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None]
-    return resize_images(match_channels(x, channels), size)[0]
+    return match_channels(x, channels)[0]
+
+
+def decode_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
+    """One image file -> uint8 tensor of `shape` (channels, size, size): decode_native, then the shorter side
+    resized to `size` and centre-cropped. Raises OSError/ValueError if unreadable."""
+    channels, size, _ = shape
+    return resize_images(decode_native(path, channels)[None], size)[0]
 
 
 def load_image_files(paths: Sequence[Path], shape: tuple[int, int, int], name: str = "images",

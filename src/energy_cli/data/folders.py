@@ -120,3 +120,37 @@ def load_folder(root: str | Path, name: str, shape: tuple[int, int, int], cache_
         note = f"; cached in {target}"
     log.info(f"{name}: decoded {len(images)} images from {root} to {shape[0]}x{shape[1]}x{shape[2]}{note}")
     return ImageSet(name, images)
+
+
+def load_folder_native(root: str | Path, name: str, channels: int, progress: bool = False,
+                       what: str = "") -> list[ImageSet]:
+    """Every image under `root` at its stored size (only the channel count converted), one ImageSet per
+    image size (H, W), sizes in the order they first appear and images in file order within each. Not cached:
+    nothing is decoded to a common shape. Unreadable files are skipped with a warning, as in load_folder."""
+    from tqdm.auto import tqdm
+
+    root = Path(root).expanduser()
+    tail = f"; {what}" if what else ""
+    if not root.exists():
+        raise UserError(f"{name}: folder {root} not found{tail}")
+    paths = files.list_images(root)
+    if not paths:
+        raise UserError(f"{name}: no image files ({', '.join(sorted(files.IMAGE_SUFFIXES))}) under {root}{tail}")
+    groups: dict[tuple[int, int], list[torch.Tensor]] = {}
+    failed: list[tuple[Path, str]] = []
+    for path in tqdm(paths, desc=f"decoding {name}", unit="img", disable=not progress, leave=False):
+        try:
+            image = files.decode_native(path, channels)
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged files
+            failed.append((path, f"{type(exc).__name__}: {exc}".splitlines()[0]))
+            continue
+        groups.setdefault(tuple(image.shape[1:]), []).append(image)
+    if not groups:
+        raise UserError(f"{name}: none of the {len(paths)} image files under {root} could be read "
+                        f"(first: {failed[0][0]}: {failed[0][1]}){tail}")
+    if failed:
+        log.warning(f"{name}: skipped {len(failed)} of {len(paths)} files that could not be read "
+                    f"(first: {failed[0][0]}: {failed[0][1]})")
+    sizes = ", ".join(f"{len(g)} at {h}x{w}" for (h, w), g in groups.items())
+    log.info(f"{name}: decoded {sum(len(g) for g in groups.values())} images from {root} at their stored size ({sizes})")
+    return [ImageSet(name, torch.stack(g)) for g in groups.values()]

@@ -6,7 +6,7 @@ scores (msp, maxlogit, energy) only read the logits; ODIN and Mahalanobis with a
 inputs first (one forward and backward pass for the input gradient, then one forward pass of the perturbed
 inputs), with every parameter's requires_grad switched off so that no weight gradient is computed. The math
 is in ood/scores.py. Forward passes use the run's precision (`Runtime`); losses, gradient signs and scores
-are computed in fp32 (Mahalanobis distances in fp64)."""
+are computed in fp32, every score in float64 (a fp32 softmax rounds confident images' MSP to 1.0)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def score_images(model: Classifier, images: torch.Tensor, detectors: Sequence[De
                  runtime: Runtime, batch_size: int = 1024) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scores of uint8 images (N, C, H, W) under every detector, batch by batch on the device, in eval mode.
 
-    Returns the fp32 logits (N, K) and {detector name: fp32 scores (N,)}, on the CPU. Each batch is
+    Returns the fp32 logits (N, K) and {detector name: float64 scores (N,)}, on the CPU. Each batch is
     forwarded once for all detectors; perturbing detectors add their own gradient and forward passes.
     """
     with_features = any(d.needs_features for d in detectors)
@@ -46,7 +46,7 @@ def score_images(model: Classifier, images: torch.Tensor, detectors: Sequence[De
             batch = Batch(x[:n], logits[:n].float(), None if feats is None else feats[:n])
             logits_parts.append(batch.logits.cpu())
             for det in detectors:
-                score_parts[det.name].append(det.score(batch).float().cpu())
+                score_parts[det.name].append(det.score(batch).double().cpu())
     num_classes = model.fc.out_features
     logits = torch.cat(logits_parts) if logits_parts else torch.zeros((0, num_classes))
-    return logits, {name: torch.cat(p) if p else torch.zeros(0) for name, p in score_parts.items()}
+    return logits, {name: torch.cat(p) if p else torch.zeros(0, dtype=torch.float64) for name, p in score_parts.items()}

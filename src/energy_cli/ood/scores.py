@@ -1,7 +1,9 @@
 """Detection scores. Every score is oriented so that higher = more in-distribution.
 
 Pure math, no model and no I/O: the logit scores are functions of a logits tensor (N, K) (the caller passes
-fp32 logits); the Mahalanobis score is a function of penultimate features (N, D) and a `GaussianFit` (class
+fp32 logits) and are computed and returned in float64: in fp32, exp(max - logsumexp) rounds a maximum softmax
+probability within ~6e-8 of 1 to exactly 1.0, which ties confident ID images and moves AUPR; float64 keeps
+them apart down to ~1e-16. The Mahalanobis score is a function of penultimate features (N, D) and a `GaussianFit` (class
 means and one shared precision matrix) fitted on ID training features by `fit_class_gaussians`. The parts
 that run the model (ODIN's and Mahalanobis's input perturbation, feature extraction) live in detectors.py.
 """
@@ -15,19 +17,20 @@ import torch
 
 
 def free_energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """E(x; f) = -T * logsumexp_k(f_k(x) / T). Low energy = in-distribution."""
+    """E(x; f) = -T * logsumexp_k(f_k(x) / T), in the logits' dtype (the fine-tuning loss keeps fp32).
+    Low energy = in-distribution."""
     return -temperature * torch.logsumexp(logits / temperature, dim=1)
 
 
 def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Negative free energy: -E(x) = T * logsumexp_k(f_k(x) / T) (higher = more ID)."""
-    return -free_energy(logits, temperature)
+    """Negative free energy: -E(x) = T * logsumexp_k(f_k(x) / T) (higher = more ID), float64."""
+    return -free_energy(logits.double(), temperature)
 
 
 def max_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Temperature-scaled maximum softmax probability: max_k softmax(f(x) / T)_k,
-    computed as exp(max_k f_k/T - logsumexp_k f_k/T)."""
-    scaled = logits / temperature
+    computed in float64 as exp(max_k f_k/T - logsumexp_k f_k/T)."""
+    scaled = logits.double() / temperature
     return torch.exp(scaled.max(dim=1).values - torch.logsumexp(scaled, dim=1))
 
 
@@ -47,8 +50,8 @@ def odin_score(logits: torch.Tensor, temperature: float = 1000.0) -> torch.Tenso
 
 
 def maxlogit_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Maximum logit (Hendrycks et al. 2022): max_k f_k(x)."""
-    return logits.max(dim=1).values
+    """Maximum logit (Hendrycks et al. 2022): max_k f_k(x), as float64."""
+    return logits.max(dim=1).values.double()
 
 
 # Scores that need only the logits of one forward pass: name -> fn(logits, temperature) -> (N,)
@@ -113,9 +116,9 @@ def mahalanobis_distances(features: torch.Tensor, fit: GaussianFit) -> torch.Ten
 
 def mahalanobis_score(features: torch.Tensor, fit: GaussianFit) -> torch.Tensor:
     """Mahalanobis score (Lee et al. 2018) of penultimate features: -min_c d_c(x), the negated squared
-    distance to the closest class mean (higher = more ID), as fp32. Ranking the unsquared distance gives
+    distance to the closest class mean (higher = more ID), float64. Ranking the unsquared distance gives
     identical metrics."""
-    return -mahalanobis_distances(features, fit).min(dim=1).values.float()
+    return -mahalanobis_distances(features, fit).min(dim=1).values
 
 
 def distance_to_class(features: torch.Tensor, fit: GaussianFit, index: torch.Tensor) -> torch.Tensor:

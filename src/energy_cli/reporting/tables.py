@@ -20,7 +20,8 @@ SUMMARY_METRICS = [("fpr95", "FPR95"), ("auroc", "AUROC"), ("aupr_in", "AUPR-In"
 STAGE_ORDER = ["pretrain", "energy", "oe"]
 
 
-SCORE_ORDER = ["msp", "maxlogit", "odin", "mahalanobis", "energy"]
+# the paper's scores in its tables' order, then the energy family after it (detectors.EXTENDED_NAMES)
+SCORE_ORDER = ["msp", "maxlogit", "odin", "mahalanobis", "energy", "react", "dice", "ash", "knn", "vim", "gen"]
 
 
 def _sort_key(value: str) -> tuple:

@@ -20,6 +20,7 @@ def test_preset_composes_for_every_command(compose, preset, command):
     assert dict(cfg.backbone) == {"name": "wrn40_2", "depth": 40, "widen_factor": 2, "dropout": 0.3}
     assert cfg.outliers.name == "tinyimages300k"
     assert dict(cfg.dataset.augment) == {"crop_pad": 4, "flip": True}
+    assert cfg.precision == "fp32"   # the paper trains in fp32; bf16 training changes the results
     assert cfg.dataset.mean == pytest.approx([125.3 / 255, 123.0 / 255, 113.9 / 255], abs=1e-4)
     assert cfg.dataset.std == pytest.approx([63.0 / 255, 62.1 / 255, 66.7 / 255], abs=1e-4)
     if command == "train":
@@ -38,6 +39,7 @@ def test_preset_composes_for_every_command(compose, preset, command):
 def test_overrides_after_a_preset_win(compose):
     cfg = compose("train", ["experiment=cifar10_wrn", "epochs=1", "backbone=small_cnn"])
     assert (cfg.epochs, cfg.backbone.name, cfg.dataset.name) == (1, "small_cnn", "cifar10")
+    assert compose("train", ["experiment=cifar10_wrn", "precision=bf16"]).precision == "bf16"
     ev = compose("eval", ["experiment=cifar100_wrn", "num_to_avg=3", "ood_samples=20"])
     assert (ev.num_to_avg, ev.ood_samples) == (3, 20)
 

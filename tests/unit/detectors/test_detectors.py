@@ -124,7 +124,7 @@ def test_odin_detector_matches_a_reference_implementation():
 
     odin = ODIN(model, norm, CPU, t, eps)
     _, scores = score_images(model, images, [odin], norm, CPU, batch_size=7)
-    assert torch.allclose(scores["odin"], want, rtol=0, atol=1e-7)
+    assert torch.allclose(scores["odin"], want.double(), rtol=0, atol=1e-7)
     unperturbed = odin_score(forward(model, images, norm).logits, t)
     assert not torch.allclose(scores["odin"], unperturbed, rtol=0, atol=1e-9)
 
@@ -174,8 +174,8 @@ def test_mahalanobis_score_by_hand_with_a_non_identity_covariance():
     # (6.5,1.5): v0 = (4.5,-1.5) -> (425.25 + 40.5 + 13.5)/13 = 479.25/13; v1 = (-4.5,1.5) -> the same
     want = torch.tensor([[6, 2013], [21, 1542], [1833, 6], [479.25, 479.25]], dtype=torch.float64) / 13
     assert torch.allclose(mahalanobis_distances(points, fit), want, atol=1e-9)
-    assert torch.allclose(mahalanobis_score(points, fit), -torch.tensor([6, 21, 6, 479.25]) / 13, atol=1e-6)
-    assert mahalanobis_score(points, fit).dtype == torch.float32
+    assert torch.allclose(mahalanobis_score(points, fit), -torch.tensor([6, 21, 6, 479.25], dtype=torch.float64) / 13, atol=1e-9)
+    assert mahalanobis_score(points, fit).dtype == torch.float64
     own = distance_to_class(points, fit, torch.tensor([0, 0, 1, 1]))
     assert torch.allclose(own, torch.tensor([6, 21, 6, 479.25], dtype=torch.float64) / 13, atol=1e-9)
 
@@ -264,7 +264,7 @@ def test_all_scores_run_on_every_backbone(name, shape):
     assert torch.allclose(logits, want_logits, atol=1e-5)
     assert list(scores) == list(DETECTOR_NAMES)
     for values in scores.values():
-        assert values.shape == (5,) and values.dtype == torch.float32 and torch.isfinite(values).all()
+        assert values.shape == (5,) and values.dtype == torch.float64 and torch.isfinite(values).all()
     unperturbed = build_detectors(["odin", "mahalanobis"], model, norm, CPU, odin_noise=0.0)
     unperturbed[1].load_state_dict(dets[-1].state_dict())
     _, plain = score_images(model, images, unperturbed, norm, CPU)

@@ -42,8 +42,26 @@ def test_log_msp_is_energy_plus_max_logit():
     """log max_y p(y|x) = E(x) + f_max(x) (PAPER.md)."""
     logits = torch.randn(50, 10) * 3
     lhs = torch.log(msp_score(logits))
-    rhs = free_energy(logits) + logits.max(dim=1).values
-    assert torch.allclose(lhs, rhs, atol=1e-5)
+    rhs = free_energy(logits.double()) + logits.max(dim=1).values
+    assert torch.allclose(lhs, rhs, atol=1e-12)
+
+
+def test_msp_keeps_precision_near_one():
+    """MSP is computed in float64: confident logits whose fp32 softmax rounds to exactly 1.0 stay below 1 and
+    keep their order (1 - msp = sum_{k != max} exp(f_k - f_max) to first order)."""
+    gaps = torch.tensor([18.0, 19.0, 20.0, 25.0])
+    logits = torch.stack([gaps, torch.zeros(4)], dim=1)
+    fp32 = torch.exp(logits.max(1).values - torch.logsumexp(logits, 1))
+    assert (fp32 == 1.0).all()                      # the old fp32 rounding: four ties at 1.0
+    msp = msp_score(logits)
+    assert msp.dtype == torch.float64 and (msp < 1).all()
+    assert torch.allclose(1 - msp, torch.exp(-gaps.double()), rtol=1e-6)
+    assert msp.argsort().tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("name", sorted(LOGIT_SCORES))
+def test_logit_scores_are_float64(name):
+    assert LOGIT_SCORES[name](torch.randn(4, 3), 1.0).dtype == torch.float64
 
 
 @pytest.mark.parametrize("name", sorted(LOGIT_SCORES))
