@@ -34,7 +34,7 @@ def test_query_completes_the_command_then_its_keys(cli, monkeypatch):
     assert query("energy-ood nothing x") == []
     assert query("energy-ood train dataset=ci") == ["dataset=cifar10", "dataset=cifar100"]
     assert query("energy-ood finetune m_") == ["m_in=", "m_out="]
-    assert query("energy-ood eval odin.", "fish") == ["odin.noise=", "odin.temperature="]
+    assert query("energy-ood eval odin.", "fish") == ["odin.grid.", "odin.noise=", "odin.temperature=", "odin.tune="]
     assert "m_in=" not in query("energy-ood train m")           # train has no margins
 
 

@@ -226,6 +226,23 @@ def wrn_depth(cfg: DictConfig, key: str) -> None:
         raise UserError(f"{key}={depth} must be 6n+4 (10, 16, 22, 28, 34, 40, ...)")
 
 
+def within(low: float, high: float, high_included: bool = True) -> Rule:
+    """A number in [low, high] (or [low, high) when `high_included` is false)."""
+    return lambda cfg, key: _within(cfg, key, low, high, high_included)
+
+
+def number_list(check: Callable[[DictConfig, str], None]) -> Rule:
+    """A non-empty list of numbers, each passing `check` (a tuning grid)."""
+    def rule(cfg: DictConfig, key: str) -> None:
+        values = _value(cfg, key)
+        if not OmegaConf.is_list(values) or len(values) == 0:
+            raise UserError(f"{key}={values} must be a non-empty list of numbers, e.g. [0, 0.0014]")
+        for i in range(len(values)):
+            check(cfg, f"{key}[{i}]")
+
+    return rule
+
+
 def checked_elsewhere(cfg: DictConfig, key: str) -> None:
     """Names checked against their registries in `validate` (score and OOD set names, `command`)."""
 
@@ -309,6 +326,22 @@ RULES: dict[str, Rule] = {
     "odin.temperature": temperature,
     "odin.noise": non_negative,
     "mahalanobis.noise": non_negative,
+    "odin.tune": flag,
+    "odin.grid.temperature": number_list(_positive),
+    "odin.grid.noise": number_list(_non_negative),
+    "mahalanobis.tune": flag,
+    "mahalanobis.grid.noise": number_list(_non_negative),
+    "validation_ood": names,
+    "validation_samples": integer(1),
+    "ood_resize": choice("resize", "native"),
+    "react.percentile": within(0, 100),
+    "dice.sparsity": within(0, 1, high_included=False),
+    "ash.variant": choice("p", "b", "s"),
+    "ash.percentile": within(0, 100, high_included=False),
+    "knn.k": integer(1),
+    "vim.dim": auto_or(integer(1)),
+    "gen.gamma": positive,
+    "gen.m": integer(1),
     "plots": flag,
     # score, report
     "paths": text_list,
@@ -388,37 +421,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if command == "eval":
         resolve_ood_names(cfg.ood, cfg.dataset)
         resolve_score_names(cfg.score)
-        _positive(cfg, "odin.temperature")
-        _non_negative(cfg, "odin.noise")
-        _non_negative(cfg, "mahalanobis.noise")
-        if OmegaConf.select(cfg, "odin.tune") is not None:
-            for key in ("odin.tune", "mahalanobis.tune"):
-                _flag(cfg, key)
-            for key, check in (("odin.grid.temperature", _positive), ("odin.grid.noise", _non_negative),
-                               ("mahalanobis.grid.noise", _non_negative)):
-                values = OmegaConf.select(cfg, key)
-                if not OmegaConf.is_list(values) or len(values) == 0:
-                    raise UserError(f"{key}={values} must be a non-empty list of numbers, e.g. [0, 0.0014]")
-                for i in range(len(values)):
-                    check(cfg, f"{key}[{i}]")
-            _integer(cfg, "validation_samples", 1)
-        # the energy family (defaults in eval.yaml; a key missing from an older saved config takes the default)
-        if OmegaConf.select(cfg, "react") is not None:
-            _within(cfg, "react.percentile", 0, 100)
-            _within(cfg, "dice.sparsity", 0, 1, high_included=False)
-            _choice(cfg, "ash.variant", ["p", "b", "s"])
-            _within(cfg, "ash.percentile", 0, 100, high_included=False)
-            _integer(cfg, "knn.k", 1)
-            if str(OmegaConf.select(cfg, "vim.dim")) != "auto":
-                _integer(cfg, "vim.dim", 1)
-            _positive(cfg, "gen.gamma")
-            _integer(cfg, "gen.m", 1)
-        if cfg.get("ood_resize") is not None:
-            _choice(cfg, "ood_resize", ["resize", "native"])
-        _integer(cfg, "num_to_avg", 1)
-        if str(cfg.ood_samples) != "all":
-            _integer(cfg, "ood_samples", 1)
-        _flag(cfg, "plots")
     if command == "score" and cfg.threshold is not None:
         _number(cfg, "threshold")
     if command == "finetune" and cfg.loss.name == "energy":
