@@ -1,6 +1,7 @@
 """ood_resize=native: LSUN-C, LSUN-R and iSUN fed at their stored size (batched by size), as the paper's code
 feeds them, beside the default resize + centre crop; on miniature files in the public layouts."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -42,9 +43,10 @@ def bench(tmp_path_factory):
     return root
 
 
-def test_folder_native_groups_by_size_in_file_order(bench, capsys):
+def test_folder_native_groups_by_size_in_file_order(bench, caplog):
+    caplog.set_level(logging.INFO, logger="energy_cli")
     parts = load_folder_native(bench / "data/LSUN", "lsun_c", 3)
-    assert "lsun_c: decoded 10 images from" in capsys.readouterr().out
+    assert "lsun_c: decoded 10 images from" in caplog.text
     assert [p.images.shape for p in parts] == [(6, 3, 36, 36), (4, 3, 40, 40)]
     paths = files.list_images(bench / "data/LSUN")
     assert torch.equal(parts[1].images[1], files.decode_native(paths[7], 3))

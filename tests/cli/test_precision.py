@@ -1,6 +1,7 @@
 """The fast paths change speed, not results: bf16 vs fp32, channels_last, compile fallback, threads, bench script."""
 
 import csv
+import logging
 import math
 import subprocess
 import sys
@@ -92,7 +93,8 @@ def test_channels_last_gives_the_same_logits():
     assert torch.allclose(plain, fast, atol=1e-4)
 
 
-def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="energy_cli")
     def broken_compile(self, *args, **kwargs):
         self._compiled_call_impl = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no C++ compiler"))
 
@@ -103,7 +105,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
     reference.load_state_dict(model.state_dict())
     runtime = Runtime(torch.device("cpu"), compile=True)
     model = prepare_model(model, runtime, (1, 8, 8))
-    assert "torch.compile failed (RuntimeError: no C++ compiler); running eagerly" in capsys.readouterr().out
+    assert "torch.compile failed (RuntimeError: no C++ compiler); running eagerly" in caplog.text
     assert not is_compiled(model)
     x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
     norm = Normalizer([0.3], [0.4])
