@@ -260,12 +260,12 @@ def check_unused(key: str, folder: str, overwrite: bool = False, resumes: bool =
 
 
 def earlier_outputs(folder: Path) -> list[Path]:
-    """The files in a run folder besides Hydra's own record (.hydra/, *.log, a sweep's multirun.yaml): what
-    a run wrote there."""
+    """The files in a run folder besides Hydra's own record (.hydra/, *.log, a sweep's multirun.yaml) and the
+    empty lock companions (`.<name>.lock`): what a run wrote there."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.relative_to(folder).parts
-                  and p.suffix != ".log" and not (p.name == "multirun.yaml" and p.parent == folder))
+                  and p.suffix not in (".log", ".lock") and not (p.name == "multirun.yaml" and p.parent == folder))
 
 
 def search_roots() -> list[Path]:
