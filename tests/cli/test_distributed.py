@@ -30,7 +30,7 @@ def test_torchrun_trains_and_finetunes_with_one_writer(tmp_path, cli):
     assert pre.stdout.count("weights identical on all 2 ranks") == 1
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
         "pre/.hydra/config.yaml", "pre/.hydra/hydra.yaml", "pre/.hydra/overrides.yaml",
-        "pre/checkpoint.pt", "pre/train_log.csv"]
+        "pre/checkpoint.pt", "pre/train.log", "pre/train_log.csv"]
     ckpt = load_checkpoint(tmp_path / "pre/checkpoint.pt")
     assert ckpt["finished"] and ckpt["epoch"] == 2 and ckpt["step"] == 2 * 12   # 1,437 images, global batch 128
     assert not any(k.startswith("module.") for k in ckpt["model"])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from energy_cli.config.overrides import key_of, last_value, quote
+from energy_cli.engine.ranks import from_env
 from energy_cli.errors import UserError
 from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.folders import display_path, is_multirun, search_roots
@@ -86,7 +87,7 @@ def _check_resumable(command: str, path: Path, ckpt: dict[str, Any]) -> None:
         epochs = (ckpt.get("config") or {}).get("epochs", "?")
         raise UserError(f"resume={path}: that run finished (epoch {ckpt.get('epoch')} of {epochs}); nothing to "
                         f"resume; evaluate it with: energy-ood eval ckpt={path}")
-    if is_locked(path.parent):
+    if from_env().rank == 0 and is_locked(path.parent):   # under torchrun, rank 0 holds the lock for all ranks
         raise UserError(f"resume={path}: that run is still running (its folder is locked by another process); "
                         "stop it first, it saves a checkpoint to resume from")
 
