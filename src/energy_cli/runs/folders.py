@@ -26,7 +26,7 @@ from typing import Sequence
 
 from energy_cli.config.overrides import last_value, sets_key
 from energy_cli.errors import UserError
-from energy_cli.runs.locks import Handle, acquire, release
+from energy_cli.runs.locks import Handle, acquire, is_lock_file, release
 
 RUN_ROOT, SWEEP_ROOT = "outputs", "multirun"
 STAMP = "%Y-%m-%d_%H-%M-%S"
@@ -265,7 +265,7 @@ def earlier_outputs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.relative_to(folder).parts
-                  and p.suffix not in (".log", ".lock") and not (p.name == "multirun.yaml" and p.parent == folder))
+                  and p.suffix != ".log" and not is_lock_file(p) and not (p.name == "multirun.yaml" and p.parent == folder))
 
 
 def search_roots() -> list[Path]:

@@ -119,6 +119,12 @@ def is_locked(folder: Path) -> bool:
         os.close(fd)
 
 
+def is_lock_file(path: Path) -> bool:
+    """Whether `path` is a lock companion (`.<name>.lock`) that `lock_file` names."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(".lock") and len(name) > len("..lock")
+
+
 def lock_file(path: Path) -> Path:
     """The companion file whose flock guards updates of the shared file `path`: `.<name>.lock` beside it."""
     path = Path(path)
