@@ -8,6 +8,7 @@ import importlib
 import logging
 from pathlib import Path
 
+from energy_cli.commands.outcome import FINISHED, Finished, Outcome
 from energy_cli.commands.validate import validate
 from energy_cli.engine.ranks import from_env
 from energy_cli.errors import UserError
@@ -36,9 +37,11 @@ def refuse_to_overwrite(cfg, run_dir: Path) -> None:
                         "choose another hydra.run.dir, resume that run with resume=PATH, or add overwrite=true")
 
 
-def run_command(cfg) -> object:
+def run_command(cfg) -> float | None:
     """The command in its run folder, which it holds locked (the command line locked it already, except for
-    a folder Hydra resolves itself and a sweep's job folders; under torchrun rank 0 holds it)."""
+    a folder Hydra resolves itself and a sweep's job folders; under torchrun rank 0 holds it). Returns the
+    command's headline metric (commands.outcome), the value Hydra sweepers optimise; records the run in
+    outcome.FINISHED."""
     import contextlib
 
     from hydra.core.hydra_config import HydraConfig
@@ -52,7 +55,13 @@ def run_command(cfg) -> object:
         checked = validate(cfg)
         refuse_to_overwrite(cfg, run_dir)
         module = importlib.import_module(COMMAND_MODULES[cfg.command])
-        return module.run(cfg, run_dir, **checked)
+        outcome = module.run(cfg, run_dir, **checked)
+    if not isinstance(outcome, Outcome):
+        outcome = Outcome(outcome)
+    FINISHED.append(Finished(str(cfg.command), run_dir, outcome))
+    if outcome.metric is not None:
+        log.info(f"headline metric: {outcome.metric_name} = {outcome.metric:.6g}")
+    return outcome.metric
 
 
 __all__ = ["COMMAND_MODULES", "display_path", "run_command"]

@@ -25,6 +25,7 @@ from energy_cli.commands.checkpoints import (
     find_checkpoint,
     load_model,
 )
+from energy_cli.commands.outcome import Outcome, eval_headline
 from energy_cli.commands.tuning import tune_detectors
 from energy_cli.data import id_shape, load_id, load_ood_parts, resolve_ood_names
 from energy_cli.data.images import ImageSet
@@ -224,7 +225,7 @@ def extended_options(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return {name: dict(cfg[name]) for name in EXTENDED_NAMES if cfg.get(name) is not None}
 
 
-def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
+def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     runtime = runtime_from_config(cfg)
     seed_everything(int(cfg.seed))
     ood_names = resolve_ood_names(cfg.ood, cfg.dataset)
@@ -279,4 +280,4 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
         log.info(f"drew {len(pictures)} pictures: {display_path(run_dir)}/hist_<set>.png and roc_<set>.png")
     log.info(f"wrote {display_path(run_dir / 'results.csv')}"
              + (f" and {display_path(run_dir / 'scores.npz')}" if cfg.save_scores else ""))
-    return rows
+    return Outcome(rows, *eval_headline(rows))

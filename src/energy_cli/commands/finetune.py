@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig
 
 from energy_cli.commands.checkpoints import (
@@ -18,11 +19,16 @@ from energy_cli.commands.checkpoints import (
     load_model,
     model_from_checkpoint,
 )
+from energy_cli.commands.outcome import Outcome
 from energy_cli.commands.training import train_and_save
+from energy_cli.commands.tuning import validation_sets
 from energy_cli.config.values import Margins
-from energy_cli.data import id_shape, load_id, load_outliers
+from energy_cli.data import id_shape, load_id, load_outliers, resolve_ood_names
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.images import ImageSet
+from energy_cli.detectors.logit import LogitDetector
+from energy_cli.detectors.scoring import score_images
+from energy_cli.engine import distributed
 from energy_cli.engine.inference import measure_energies
 from energy_cli.engine.loop import TrainSpec
 from energy_cli.engine.runtime import Runtime, runtime_from_config
@@ -30,6 +36,7 @@ from energy_cli.engine.seeding import mix_seed, seed_everything
 from energy_cli.errors import UserError
 from energy_cli.fileio import atomic_write_bytes
 from energy_cli.ood import margins as ood_margins
+from energy_cli.ood.metrics import fpr_at_tpr
 from energy_cli.ood.losses import cross_entropy, finetune_regulariser
 from energy_cli.runs import resume
 from energy_cli.runs.folders import display_path
@@ -70,7 +77,24 @@ def resolve_auto_margins(cfg: DictConfig, given: Margins, run_dir: Path, model, 
     return m_in, m_out, record
 
 
-def run(cfg: DictConfig, run_dir: Path, margins: Margins | None) -> Path:
+def validation_energy_fpr95(cfg: DictConfig, checkpoint: Path, train: ImageSet, test: ImageSet,
+                            runtime: Runtime) -> float:
+    """The energy score's FPR95 (percent) of the fine-tuned checkpoint: the ID test set against each validation
+    OOD set (`validation_ood`, as eval's tuning builds them; never an OOD test set of the dataset), averaged."""
+    model, ckpt = load_model(checkpoint, cfg, runtime, for_inference=True)
+    normalizer = checkpoint_normalizer(ckpt)
+    energy = [LogitDetector("energy", float(cfg.temperature))]
+    batch = runtime.eval_batch_size
+    sets = validation_sets(cfg, train, id_shape(cfg), resolve_ood_names(None, cfg.dataset))
+    id_scores = score_images(model, test.images, energy, normalizer, runtime, batch)[1]["energy"].numpy()
+    fprs = {s.name: 100 * fpr_at_tpr(id_scores, score_images(model, s.images, energy, normalizer, runtime,
+                                                             batch)[1]["energy"].numpy()) for s in sets}
+    cells = ", ".join(f"{name} {value:.2f}%" for name, value in fprs.items())
+    log.info(f"validation energy FPR95 (ID test vs {len(sets)} validation OOD sets): {cells}")
+    return float(np.mean(list(fprs.values())))
+
+
+def run(cfg: DictConfig, run_dir: Path, margins: Margins | None) -> Outcome:
     """Fine-tune; `margins` (loss=energy; None for loss=oe) as validation parsed them from m_in / m_out."""
     resumed = resume.load_for_resume(cfg)
     runtime = runtime_from_config(cfg)
@@ -120,5 +144,9 @@ def run(cfg: DictConfig, run_dir: Path, margins: Margins | None) -> Path:
     log.info(f"fine-tuning {display_path(start)} with loss={name} (weight {weight:g}{shown}): {len(train)} ID + "
              f"{len(outliers)} {outliers.name} outliers, {cfg.epochs} epochs, lr {cfg.lr}, "
              f"batch {cfg.batch_size}+{cfg.outlier_batch_size}")
-    return train_and_save(cfg, run_dir, model, spec, runtime, stage=name, extra=extra, resume_from=resumed,
-                          backbone=ckpt["backbone"])
+    outcome = train_and_save(cfg, run_dir, model, spec, runtime, stage=name, extra=extra, resume_from=resumed,
+                             backbone=ckpt["backbone"])
+    if str(cfg.get("metric", "test_acc")) == "val_energy_fpr95" and distributed.current().is_main:
+        fpr = validation_energy_fpr95(cfg, outcome.value, train, test, runtime)
+        return Outcome(outcome.value, fpr, "val_energy_fpr95")
+    return outcome

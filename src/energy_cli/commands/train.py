@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from energy_cli.commands.checkpoints import dataset_normalizer
+from energy_cli.commands.outcome import Outcome
 from energy_cli.commands.training import train_and_save
 from energy_cli.data import load_id
 from energy_cli.engine.loop import TrainSpec
@@ -20,7 +21,7 @@ from energy_cli.runs import resume
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> Path:
+def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     resumed = resume.load_for_resume(cfg)
     runtime = runtime_from_config(cfg)
     seed_everything(int(cfg.seed))

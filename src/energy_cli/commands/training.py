@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from energy_cli.commands.checkpoints import task_overrides
+from energy_cli.commands.outcome import Outcome
 from energy_cli.config.overrides import key_of
 from energy_cli.engine import distributed
 from energy_cli.engine.loop import (
@@ -45,12 +46,13 @@ def _all_finite(model: torch.nn.Module) -> bool:
 
 def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: TrainSpec, runtime: Runtime,
                    stage: str, extra: dict[str, Any] | None = None,
-                   resume_from: dict[str, Any] | None = None, backbone: dict[str, Any] | None = None) -> Path:
+                   resume_from: dict[str, Any] | None = None, backbone: dict[str, Any] | None = None) -> Outcome:
     """Run the training loop and keep checkpoint.pt and train_log.csv current after every epoch (and every
     `checkpoint_every_steps` steps); with `resume_from` (a checkpoint of this run) continue where it
     stopped. SIGINT / SIGTERM save the current step and raise Interrupted; a loss that stops being finite
     raises a UserError and leaves the last good checkpoint in place. `backbone` is the model's backbone
-    config when it did not come from `cfg.backbone` (fine-tuning: the starting checkpoint's).
+    config when it did not come from `cfg.backbone` (fine-tuning: the starting checkpoint's). Returns the
+    checkpoint path with the final test accuracy (a fraction) as the headline metric.
 
     Under torchrun every rank trains (engine.fit wraps the model in DistributedDataParallel) and only rank 0
     writes; at the end the ranks compare checksums of their weights."""
@@ -135,7 +137,7 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
     summary = f"test accuracy {100 * last['test_acc']:.2f}%" if last else "0 epochs: weights unchanged"
     log.info(f"{stage}: {summary} after {state.epoch} epochs on {runtime.device.type} ({runtime.precision}); "
              f"wrote {display_path(ckpt_path)} and {display_path(log_path)}")
-    return ckpt_path
+    return Outcome(ckpt_path, float(last["test_acc"]) if last else None, "test_acc")
 
 
 def restore(ckpt: dict[str, Any], model: Any, optimizer: Any, scheduler: Any) -> LoopState:

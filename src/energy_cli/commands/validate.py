@@ -333,6 +333,7 @@ RULES: dict[str, Rule] = {
     "mahalanobis.grid.noise": number_list(_non_negative),
     "validation_ood": names,
     "validation_samples": integer(1),
+    "metric": choice("test_acc", "val_energy_fpr95"),
     "ood_resize": choice("resize", "native"),
     "react.percentile": within(0, 100),
     "dice.sparsity": within(0, 1, high_included=False),
