@@ -126,7 +126,7 @@ def check_module(model: ModuleClassifier, sample_shape: tuple[int, ...]) -> None
                 raise UserError(f"{name} returns logits of shape {tuple(out.shape)}, expected (2, {model.num_classes})"
                                 " (the dataset's number of classes)")
             if feats is None:
-                raise UserError(f"the layer `{model.head_name}` of {name} is not called in its forward; name the "
+                raise UserError(f"the layer `{model.head_name}` of {name} is not called in its forward: name the "
                                 "layer that produces the logits with backbone.head=NAME")
             logits = model.fc(feats.flatten(1).float()).float()
             scale = max(1.0, float(out.float().abs().max()))
