@@ -39,9 +39,11 @@ def find_checkpoint(cfg: DictConfig, stages: Iterable[str], what: str) -> Path:
         return Path(str(cfg.ckpt)).expanduser()
     stages = tuple(stages)
     dataset, backbone = cfg.dataset.name, backbone_name(cfg.backbone)
+    wanted = OmegaConf.to_container(cfg.backbone, resolve=True)
 
     def matches(c: dict[str, Any]) -> bool:
-        return (c.get("dataset") == dataset and backbone_name(c.get("backbone") or {}) == backbone
+        return (c.get("dataset") == dataset and isinstance(c.get("backbone"), dict)
+                and same_backbone(c["backbone"], wanted)
                 and c.get("stage") in stages and bool(c.get("finished")))
 
     found = ckpt_io.find_newest(search_roots(), matches)
@@ -50,6 +52,16 @@ def find_checkpoint(cfg: DictConfig, stages: Iterable[str], what: str) -> Path:
                         f"multirun/ here; run `energy-ood train dataset={dataset} backbone={backbone}` first "
                         "or pass ckpt=PATH")
     return found
+
+
+def same_backbone(held: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a checkpoint's backbone config (`held`) is the one the config asks for: with a `_target_`, the
+    same target (and `backbone=custom` without one takes any target); else the same name."""
+    if wanted.get("_target_"):
+        return held.get("_target_") == wanted["_target_"]
+    if wanted.get("name") == "custom":
+        return bool(held.get("_target_"))
+    return not held.get("_target_") and backbone_name(held) == backbone_name(wanted)
 
 
 HEADER_KEYS = ("dataset", "backbone", "num_classes", "in_channels", "image_size", "mean", "std", "stage")
@@ -65,10 +77,13 @@ def check_compatible(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
     if ckpt.get("dataset") != d.name:
         raise UserError(f"{path} was trained on dataset={ckpt.get('dataset')}, not {d.name}; "
                         f"add dataset={ckpt.get('dataset')}")
-    held, want_name = backbone_name(ckpt["backbone"]), backbone_name(cfg.backbone)
-    if held != want_name:
-        raise UserError(f"{path} holds backbone={held}, not {want_name}; add backbone={held}")
     wanted = OmegaConf.to_container(cfg.backbone, resolve=True)
+    want_name = backbone_name(wanted)
+    if not same_backbone(ckpt["backbone"], wanted):
+        target = ckpt["backbone"].get("_target_")
+        held = f"backbone._target_={target}" if target else f"backbone={backbone_name(ckpt['backbone'])}"
+        hint = "backbone=custom" if target and not wanted.get("_target_") else held
+        raise UserError(f"{path} holds {held}, not {backbone_label(wanted)}; add {hint}")
     typed = {key_of(o).split(".", 1)[1] for o in task_overrides() if key_of(o).startswith("backbone.")}
     for key in sorted(set(wanted) & set(ckpt["backbone"]) & typed):   # options the user asked for
         if wanted[key] != ckpt["backbone"][key]:

@@ -391,12 +391,13 @@ OWN_BACKBONE_KEYS = ("backbone.name", "backbone.arch", "backbone.head", "backbon
 
 def check_backbone(cfg: DictConfig, names: list[str]) -> bool:
     """backbone.name is a known backbone, or the backbone config has `_target_` (then any name, or none, will
-    do); backbone=custom needs `_target_`. Returns whether a `_target_` is given."""
+    do); train with backbone=custom needs `_target_` (the other commands take it from the checkpoint). Returns
+    whether a `_target_` is given."""
     target = _value(cfg, "backbone._target_")
     if target:
         return True
     _choice(cfg, "backbone.name", names)
-    if str(_value(cfg, "backbone.name")) == "custom":
+    if str(_value(cfg, "backbone.name")) == "custom" and cfg.command == "train":
         raise UserError("backbone=custom needs backbone._target_=PACKAGE.MODULE.CLASS (an importable class or "
                         "function returning an nn.Module that maps images to logits)")
     return False
