@@ -158,10 +158,12 @@ def plain_module(model: nn.Module) -> nn.Module:
 
 
 def load_plain_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load a user's own state_dict into `plain_module(model)`; ValueError (the text of weight_mismatch) when
-    its keys or shapes do not fit."""
+    """Load a user's own state_dict into `plain_module(model)` (or, when its keys are the wrapper's own,
+    `net.<name>`, into `model`); ValueError (the text of weight_mismatch) when its keys or shapes do not fit."""
     module = plain_module(model)
     problem = weight_mismatch(module, state_dict)
+    if problem is not None and module is not model and weight_mismatch(model, state_dict) is None:
+        module, problem = model, None
     if problem is not None:
         raise ValueError(problem)
     module.load_state_dict(state_dict, strict=False)

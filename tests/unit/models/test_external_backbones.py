@@ -143,3 +143,20 @@ def test_rules_of_builtin_options_do_not_apply_to_a_users_model(compose):
     validate(compose("train", ["backbone=custom", "backbone._target_=usernets.TinyNet", "+backbone.depth=5"]))
     with pytest.raises(UserError, match="backbone.arch=7 must be a path or a name"):
         validate(compose("train", ["backbone=torchvision", "backbone.arch=7"]))
+
+
+def test_plain_weights_load_by_the_modules_own_names_or_the_wrappers():
+    from usernets import TinyNet
+
+    from energy_cli.models import load_plain_weights
+
+    torch.manual_seed(0)
+    source = TinyNet(3, 1, 4)
+    for weights in (source.state_dict(), as_classifier(source).state_dict()):     # out.weight, or net.out.weight
+        model = build_model({"_target_": "usernets.TinyNet", "width": 4}, 3, 1, 8)
+        load_plain_weights(model, weights)
+        assert torch.equal(model.fc.weight, source.out.weight)
+    with pytest.raises(ValueError, match=r"missing keys out.weight, out.bias; unexpected keys fc.weight"):
+        load_plain_weights(build_model({"_target_": "usernets.TinyNet", "width": 4}, 3, 1, 8),
+                           {**{k: v for k, v in source.state_dict().items() if not k.startswith("out.")},
+                            "fc.weight": torch.zeros(3, 4)})
