@@ -38,8 +38,9 @@ def find_checkpoint(cfg: DictConfig, stages: Iterable[str], what: str) -> Path:
     if cfg.get("ckpt"):
         return Path(str(cfg.ckpt)).expanduser()
     stages = tuple(stages)
-    dataset, backbone = cfg.dataset.name, backbone_name(cfg.backbone)
-    wanted = OmegaConf.to_container(cfg.backbone, resolve=True)
+    dataset, wanted = cfg.dataset.name, OmegaConf.to_container(cfg.backbone, resolve=True)
+    target = wanted.get("_target_")
+    backbone = f"backbone=custom backbone._target_={target}" if target else f"backbone={backbone_name(wanted)}"
 
     def matches(c: dict[str, Any]) -> bool:
         return (c.get("dataset") == dataset and isinstance(c.get("backbone"), dict)
@@ -48,8 +49,8 @@ def find_checkpoint(cfg: DictConfig, stages: Iterable[str], what: str) -> Path:
 
     found = ckpt_io.find_newest(search_roots(), matches)
     if found is None:
-        raise UserError(f"no finished {what} run of dataset={dataset} backbone={backbone} under outputs/ or "
-                        f"multirun/ here; run `energy-ood train dataset={dataset} backbone={backbone}` first "
+        raise UserError(f"no finished {what} run of dataset={dataset} {backbone} under outputs/ or "
+                        f"multirun/ here; run `energy-ood train dataset={dataset} {backbone}` first "
                         "or pass ckpt=PATH")
     return found
 
