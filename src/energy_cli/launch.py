@@ -32,7 +32,9 @@ def _config_error_line(exc: BaseException, command: str) -> str:
                         r"(?:Config search path|$)", str(exc))
     if missing:   # an unknown config-group choice, e.g. dataset=mnist
         group, name, options = missing.group(1), missing.group(2), missing.group(3).split()
-        return f"{group}={name} is not known; choose one of: {', '.join(options)}"
+        more = (f" (a torchvision or timm model: backbone=torchvision backbone.arch={name}; your own: "
+                "backbone=custom backbone._target_=PACKAGE.MODULE.CLASS)") if group == "backbone" else ""
+        return f"{group}={name} is not known; choose one of: {', '.join(options)}{more}"
     unknown = re.search(r"Could not override '([^']+)'", str(exc))
     if unknown and "not in struct" in f"{exc} {exc.__cause__}":   # a key no config defines (Hydra would suggest `+key=`)
         return (f"unknown key '{unknown.group(1)}'; see the keys with: {PROG} {command} --cfg job "

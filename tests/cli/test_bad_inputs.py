@@ -92,7 +92,9 @@ CASES = [
     # names
     (["train", "dataset=mnist"], "dataset=mnist is not known; choose one of: cifar10, cifar100, digits"),
     (["train", "dataset.name=mnist"], "dataset.name=mnist is not known; choose one of: "),
-    (["eval", "backbone=vgg16"], "backbone=vgg16 is not known; choose one of: resnet18, small_cnn, wrn40_2"),
+    (["eval", "backbone=vgg16"], "backbone=vgg16 is not known; choose one of: custom, resnet18, small_cnn, timm, "
+                                 "torchvision, wrn40_2 (a torchvision or timm model: backbone=torchvision "
+                                 "backbone.arch=vgg16"),
     (["finetune", "outliers=imagenet"], "outliers=imagenet is not known; choose one of: china_patches"),
     (["finetune", "loss=focal"], "loss=focal is not known; choose one of: energy, oe"),
     (["eval", "score=[msp,foo]"], "score=foo is not known; choose from: msp, maxlogit, energy, odin, mahalanobis, react, dice, ash, knn, vim, gen, all"),

@@ -37,6 +37,7 @@ from energy_cli.engine.runtime import Runtime, runtime_from_config
 from energy_cli.engine.seeding import mix_seed, seed_everything
 from energy_cli.errors import UserError
 from energy_cli.fileio import file_part
+from energy_cli.models import backbone_label
 from energy_cli.ood.metrics import (
     METRIC_NAMES,
     acceptance_rate,
@@ -258,7 +259,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     check_finite(scores)
 
     ood_samples = None if str(cfg.ood_samples) == "all" else int(cfg.ood_samples)
-    base = {"dataset": cfg.dataset.name, "backbone": ckpt["backbone"]["name"], "stage": ckpt["stage"],
+    base = {"dataset": cfg.dataset.name, "backbone": backbone_label(ckpt["backbone"]), "stage": ckpt["stage"],
             "checkpoint": str(path.resolve()), "temperature": temperature, "n_id": len(test),
             "id_acc": 100 * accuracy(logits["id"], test.labels)}
     temperatures = {det.name: det.temperature for det in detectors}
@@ -272,10 +273,10 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
         write_scores(run_dir / "scores.npz", arrays)
     log.info(format_table(rows))
     header = {"checkpoint": str(path.resolve()), "checkpoint_sha256": ckpt[ckpt_io.DIGEST_KEY],
-              "dataset": cfg.dataset.name, "backbone": ckpt["backbone"]["name"], "stage": ckpt["stage"]}
+              "dataset": cfg.dataset.name, "backbone": backbone_label(ckpt["backbone"]), "stage": ckpt["stage"]}
     thresholds = store_thresholds(scores["id"], temperatures, header, run_dir, path)
     if cfg.plots:
-        title = f"{cfg.dataset.name} / {ckpt['backbone']['name']} / stage {ckpt['stage']}"
+        title = f"{cfg.dataset.name} / {backbone_label(ckpt['backbone'])} / stage {ckpt['stage']}"
         pictures = draw_plots(run_dir, scores, score_names, ood_names, thresholds, title)
         log.info(f"drew {len(pictures)} pictures: {display_path(run_dir)}/hist_<set>.png and roc_<set>.png")
     log.info(f"wrote {display_path(run_dir / 'results.csv')}"

@@ -14,7 +14,7 @@ from energy_cli.data import load_id
 from energy_cli.engine.loop import TrainSpec
 from energy_cli.engine.runtime import runtime_from_config
 from energy_cli.engine.seeding import seed_everything
-from energy_cli.models import build_model
+from energy_cli.models import backbone_label, build_model
 from energy_cli.ood.losses import cross_entropy
 from energy_cli.runs import resume
 
@@ -26,7 +26,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     runtime = runtime_from_config(cfg)
     seed_everything(int(cfg.seed))
     train, test = load_id(cfg)
-    model = build_model(cfg.backbone, int(cfg.dataset.num_classes), int(cfg.dataset.channels))
+    model = build_model(cfg.backbone, int(cfg.dataset.num_classes), int(cfg.dataset.channels),
+                        int(cfg.dataset.image_size), download=bool(cfg.download))
     spec = TrainSpec(
         train=train, test=test, normalizer=dataset_normalizer(cfg),
         objective=lambda logits, labels, n_in: cross_entropy(logits, labels),
@@ -35,6 +36,6 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
         eval_batch_size=runtime.eval_batch_size, checkpoint_every_steps=int(cfg.checkpoint_every_steps),
         description="train",
     )
-    log.info(f"training {cfg.backbone.name} on {cfg.dataset.name}: {len(train)} train / {len(test)} test images, "
+    log.info(f"training {backbone_label(cfg.backbone)} on {cfg.dataset.name}: {len(train)} train / {len(test)} test images, "
              f"{cfg.epochs} epochs, lr {cfg.lr}, batch {cfg.batch_size}, {runtime.device.type} {runtime.precision}")
     return train_and_save(cfg, run_dir, model, spec, runtime, stage="pretrain", resume_from=resumed)

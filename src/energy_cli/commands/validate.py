@@ -292,6 +292,9 @@ RULES: dict[str, Rule] = {
     "dataset.recipe.eval.ood_samples": auto_or(integer(1), "all"),
     # the backbone
     "backbone.name": checked_elsewhere,
+    "backbone.arch": text,              # backbone=torchvision / timm: the model's name there
+    "backbone.head": text,              # the linear layer giving the logits (dotted name); null = found by rule
+    "backbone._target_": text,          # backbone=custom (or a user's backbone YAML): a class or function to build
     "backbone.width": integer(1, MAX_WIDTH),
     "backbone.dropout": fraction,
     "backbone.depth": wrn_depth,
@@ -384,6 +387,23 @@ def margin_value(cfg: DictConfig, key: str) -> float | None:
     return float(value)
 
 
+OWN_BACKBONE_KEYS = ("backbone.name", "backbone.arch", "backbone.head", "backbone._target_")
+
+
+def check_backbone(cfg: DictConfig, names: list[str]) -> bool:
+    """backbone.name is a known backbone, or the backbone config has `_target_` (then any name, or none, will
+    do); train with backbone=custom needs `_target_` (the other commands take it from the checkpoint). Returns
+    whether a `_target_` is given."""
+    target = _value(cfg, "backbone._target_")
+    if target:
+        return True
+    _choice(cfg, "backbone.name", names)
+    if str(_value(cfg, "backbone.name")) == "custom" and cfg.command == "train":
+        raise UserError("backbone=custom needs backbone._target_=PACKAGE.MODULE.CLASS (an importable class or "
+                        "function returning an nn.Module that maps images to logits)")
+    return False
+
+
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Raise UserError for the first invalid value in `cfg` (the config of one command): first the names
     that pick code (dataset, backbone, outliers), then every key's rule, then the checks across keys.
@@ -399,13 +419,15 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     # lazy: the registries import torch
     from energy_cli.data import ID_DATASETS, OUTLIERS, resolve_ood_names
     from energy_cli.detectors import resolve_score_names
-    from energy_cli.models import BACKBONES
+    from energy_cli.models import NAMES
 
     _choice(cfg, "dataset.name", sorted(ID_DATASETS))
-    _choice(cfg, "backbone.name", list(BACKBONES))
+    target = check_backbone(cfg, NAMES)
     if command == "finetune":
         _choice(cfg, "outliers.name", sorted(OUTLIERS))
     for key in leaf_keys(cfg):
+        if target and key.startswith("backbone.") and key not in OWN_BACKBONE_KEYS:
+            continue    # the arguments of the user's own model: its constructor checks them
         rule = rule_for(key)
         if rule is not None:
             rule(cfg, key)

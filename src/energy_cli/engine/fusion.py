@@ -6,6 +6,10 @@ channel) and bias (b - mu) * s + beta: the same function up to floating-point ro
 activations fewer. The model's `features` are traced with torch.fx and the conv-BN pairs whose convolution feeds
 only the BatchNorm are folded (torch.fx.experimental.optimization.fuse); a BatchNorm that follows something else
 (pre-activation networks: the sum of a residual block) stays. A model fx cannot trace is returned unchanged.
+
+A wrapped module (models.ModuleClassifier: torchvision, timm, `_target_` models) is traced whole, from images
+to logits, and re-wrapped: its head layer keeps its name in the traced graph, so the features are still the
+head's input.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import copy
 import torch
 from torch import nn
 
+from energy_cli.models.adapter import ModuleClassifier
 from energy_cli.models.base import Classifier
 
 
@@ -64,11 +69,17 @@ def fold_batchnorm(model: Classifier) -> Classifier:
     was_training = model.training
     try:
         twin = copy.deepcopy(model).eval()
-        body = fuse(symbolic_trace(_Features(twin)), inplace=True, no_trace=True)
+        if isinstance(twin, ModuleClassifier):
+            net = fuse(symbolic_trace(twin.net), inplace=True, no_trace=True)
+            wrapped = ModuleClassifier(net, head=twin.head_name, num_classes=twin.num_classes)
+            body: nn.Module = _Features(wrapped)
+            fc = wrapped.fc
+        else:
+            body, fc = fuse(symbolic_trace(_Features(twin)), inplace=True, no_trace=True), twin.fc
     except Exception:  # noqa: BLE001 - untraceable code (data-dependent control flow, ...): keep the model as is
         return model
     finally:
         model.train(was_training)
     if count_batchnorms(body) == count_batchnorms(model):
         return model
-    return FoldedClassifier(body, twin.fc, int(twin.feature_dim))
+    return FoldedClassifier(body, fc, int(twin.feature_dim))

@@ -88,8 +88,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (pass ckpt=PATH to a checkpoint.pt written by energy-ood)")
     data, digest = read_verified(path)
+    return checkpoint_from(unpickle(data, path, map_location), path, digest)
+
+
+def checkpoint_from(ckpt: Any, path: Path, digest: str) -> dict[str, Any]:
+    """An unpickled object as a checkpoint: it must be an energy-ood checkpoint with finite values; gets
+    DIGEST_KEY = `digest`."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+        raise UserError(f"{path} is not an energy-ood checkpoint (expected format {FORMAT}); "
+                        "train one with `energy-ood train`")
+    check_values(ckpt, path)
+    ckpt[DIGEST_KEY] = digest
+    return ckpt
+
+
+def unpickle(data: bytes, path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(weights_only=True) of a file's bytes; a one-line UserError when they hold code-carrying
+    pickles or are not a readable torch file."""
     try:
-        ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
@@ -101,12 +118,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{path} is not a readable checkpoint ({first}): it is damaged (truncated or corrupt) "
                         "or not a checkpoint") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
-        raise UserError(f"{path} is not an energy-ood checkpoint (expected format {FORMAT}); "
-                        "train one with `energy-ood train`")
-    check_values(ckpt, path)
-    ckpt[DIGEST_KEY] = digest
-    return ckpt
 
 
 def check_values(ckpt: dict[str, Any], path: Path) -> None:

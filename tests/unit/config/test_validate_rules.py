@@ -13,6 +13,7 @@ from energy_cli.errors import UserError
 COMMANDS = ("train", "finetune", "eval", "score", "report")
 # each config-group choice once (the leaves of a group differ between its choices)
 CHOICES = [[], ["dataset=cifar10"], ["dataset=cifar100"], ["backbone=wrn40_2"], ["backbone=resnet18"],
+           ["backbone=torchvision"], ["backbone=timm"], ["backbone=custom"],
            ["outliers=tinyimages300k"], ["outliers=folder"], ["outliers=npy"], ["experiment=cifar10_wrn"],
            ["experiment=cifar100_wrn"]]
 
@@ -66,6 +67,10 @@ CASES = [
     ("train", "backbone.dropout=-0.1", "backbone.dropout=-0.1 must be in [0, 1)"),
     ("train", "backbone=wrn40_2", None),
     ("train", "backbone.width=0", "backbone.width=0 must be >= 1"),
+    ("train", "backbone=torchvision", None),
+    ("train", "backbone=custom", "backbone=custom needs backbone._target_=PACKAGE.MODULE.CLASS"),
+    ("train", "backbone.name=vgg", "backbone.name=vgg is not known; choose one of: small_cnn, wrn40_2, resnet18, "
+                                   "torchvision, timm, custom"),
     ("score", "chunk_size=abc", "chunk_size='abc' must be a whole number >= 1"),
     ("score", "chunk_size=0", "chunk_size=0 must be >= 1"),
     ("train", "dataset.std=[0]", "dataset.std[0]=0 must be > 0"),

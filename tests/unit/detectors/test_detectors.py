@@ -249,10 +249,16 @@ def test_mahalanobis_detector_fits_on_training_features():
 # --------------------------------------------------------------------------- every backbone
 
 
-@pytest.mark.parametrize("name,shape", [("small_cnn", (1, 8, 8)), ("wrn40_2", (3, 32, 32)), ("resnet18", (3, 16, 16))])
+# models from elsewhere, wrapped by models.adapter (the features are their head's input)
+SPECS = {"torchvision": {"name": "torchvision", "arch": "mobilenet_v3_small"},
+         "custom": {"name": "custom", "_target_": "usernets.TinyNet", "width": 6}}
+
+
+@pytest.mark.parametrize("name,shape", [("small_cnn", (1, 8, 8)), ("wrn40_2", (3, 32, 32)), ("resnet18", (3, 16, 16)),
+                                        ("torchvision", (1, 8, 8)), ("custom", (3, 8, 8))])
 def test_all_scores_run_on_every_backbone(name, shape):
     torch.manual_seed(0)
-    model = build_model({"name": name}, 3, shape[0]).eval()
+    model = build_model(SPECS.get(name, {"name": name}), 3, shape[0], shape[1]).eval()
     norm = Normalizer([0.5] * shape[0], [0.25] * shape[0])
     train = ImageSet("train", random_images(12, shape, seed=8), torch.arange(12) % 3)
     dets = build_detectors(list(DETECTOR_NAMES), model, norm, CPU, odin_noise=0.001, mahalanobis_noise=0.001)
