@@ -54,7 +54,7 @@ from energy_cli.engine.inference import accuracy, predict
 from energy_cli.engine.runtime import Runtime, prepare_model, resolve_device
 from energy_cli.errors import PROG, UserError
 from energy_cli.launch import launch
-from energy_cli.models import Classifier, build_model
+from energy_cli.models import Classifier, backbone_label, build_model
 from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.outputs import RESULT_COLUMNS, STD_COLUMNS
 
@@ -138,10 +138,10 @@ def _from_checkpoint(path: Path, runtime: Runtime) -> tuple[Classifier, dict[str
     """The model of an energy-ood checkpoint as `energy-ood eval` uses it (BatchNorms folded), the results
     columns that name it, its input shape and its normalisation."""
     ckpt = ckpt_io.load_checkpoint(path)
-    model = build_model(ckpt["backbone"], ckpt["num_classes"], ckpt["in_channels"])
+    model = build_model(ckpt["backbone"], ckpt["num_classes"], ckpt["in_channels"], ckpt["image_size"])
     model.load_state_dict(ckpt_io.strip_module_prefix(ckpt["model"]))
     model = prepare_model(fold_batchnorm(model.eval()), runtime)
-    info = {"dataset": ckpt["dataset"], "backbone": ckpt["backbone"].get("name"), "stage": ckpt["stage"],
+    info = {"dataset": ckpt["dataset"], "backbone": backbone_label(ckpt["backbone"]), "stage": ckpt["stage"],
             "checkpoint": str(path.resolve())}
     shape = (int(ckpt["in_channels"]), int(ckpt["image_size"]), int(ckpt["image_size"]))
     return model, info, shape, list(ckpt["mean"]), list(ckpt["std"])

@@ -10,7 +10,7 @@ only when it is clearly faster (`MARGIN`), so the probe never picks a slower pat
 (`BF16_MARGIN`) because it changes the numbers, which rules it out wherever bf16 is emulated.
 
 The answer is cached in `$XDG_CACHE_HOME/energy-ood/probe.json` (default `~/.cache/energy-ood/`) under a key of
-CPU model, torch version and thread count. `probe=off` (or the environment variable `ENERGY_OOD_PROBE=off`)
+CPU model, instruction sets (`cpu_isa`), torch version and thread count. `probe=off` (or the environment variable `ENERGY_OOD_PROBE=off`)
 skips the probe and the cache and uses fixed rules instead (`static_choices`); `probe=refresh` measures again and
 replaces the cached answer (after a hardware change, or when the first probe ran on a busy machine). GPUs are not probed: bf16 where
 the GPU supports it, channels_last, eval batches of 1,024.
@@ -239,8 +239,20 @@ def physical_cores(cpus: set[int] | None = None) -> int | None:
         return None
 
 
+def cpu_isa() -> str:
+    """The instruction sets the kernels use: ATen's CPU capability (AVX2, AVX512, ...; ATEN_CPU_CAPABILITY may
+    lower it), oneDNN's ceiling when ONEDNN_MAX_CPU_ISA sets one, and whether AMX tiles exist. CPU model names
+    are not enough: one name ("AMD EPYC") covers machines with and without native bf16."""
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001 - older torch
+        capability = "unknown"
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return f"{capability}{' amx' if cpu_has_fast_bf16() else ''}{f' onednn<={onednn}' if onednn else ''}"
+
+
 def machine_key(threads: int) -> str:
-    return f"{cpu_model()} | torch {torch.__version__} | {threads} threads | probe {PROBE_VERSION}"
+    return f"{cpu_model()} | {cpu_isa()} | torch {torch.__version__} | {threads} threads | probe {PROBE_VERSION}"
 
 
 def cache_dir() -> Path:
