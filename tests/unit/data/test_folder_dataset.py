@@ -250,3 +250,10 @@ def test_imageset_takes_a_lazy_set():
     lazy = streams.LazyImages([], SHAPE)
     s = ImageSet("x", lazy)   # type: ignore[arg-type]
     assert s.streamed and len(s) == 0 and s.shape == SHAPE and lazy.load().shape == (0, *SHAPE)
+
+
+def test_resume_search_composes_the_counted_classes(tree):
+    """resume=true compares the composed config with the checkpoints' configs, which hold the counted classes."""
+    from energy_cli.runs.resume import composed_config
+
+    assert composed_config("train", ["dataset=folder", f"dataset.path={tree}"])["dataset"]["num_classes"] == 3
