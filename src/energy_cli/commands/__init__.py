@@ -53,6 +53,10 @@ def run_command(cfg) -> float | None:
     lock = run_lock(run_dir) if from_env().is_main else contextlib.nullcontext()
     with lock:
         checked = validate(cfg)
+        if cfg.command != "report":   # report reads no dataset (and must not import torch)
+            from energy_cli.data import prepare_dataset
+
+            prepare_dataset(cfg)   # the one place dataset.num_classes=auto is resolved (from dataset=folder)
         refuse_to_overwrite(cfg, run_dir)
         module = importlib.import_module(COMMAND_MODULES[cfg.command])
         outcome = module.run(cfg, run_dir, **checked)

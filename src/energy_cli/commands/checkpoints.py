@@ -26,6 +26,11 @@ EXTERNAL_STAGE = "external"   # the stage of weights from a plain state_dict fil
 
 
 def dataset_normalizer(cfg: DictConfig) -> Normalizer:
+    """The normalisation the dataset config gives (for weights energy-ood did not train, which carry none)."""
+    if "auto" in (str(cfg.dataset.mean), str(cfg.dataset.std)):
+        raise UserError(f"plain weights carry no normalisation, and dataset={cfg.dataset.name} measures its own "
+                        "(dataset.mean=auto): give the one the weights were trained with, e.g. "
+                        "dataset.mean=[0.485,0.456,0.406] dataset.std=[0.229,0.224,0.225]")
     return Normalizer(cfg.dataset.mean, cfg.dataset.std)
 
 

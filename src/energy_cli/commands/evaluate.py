@@ -65,10 +65,14 @@ log = logging.getLogger(__name__)
 def fit_key(checkpoint_sha256: str, train: ImageSet, runtime: Runtime) -> str:
     """What a Mahalanobis fit depends on: the checkpoint's bytes (the sha256 of the bytes that were loaded,
     never of the file read again), the training images and labels, and the precision of the forward passes.
-    A cache written under another key is refitted."""
+    A cache written under another key is refitted. A training set streamed from disk stands in by its files
+    (paths, sizes, modification times: LazyImages.fingerprint) instead of its pixels' bytes."""
     h = hashlib.sha256(b"mahalanobis/1")
     h.update(checkpoint_sha256.encode())
-    h.update(train.images.contiguous().numpy().tobytes())
+    if train.streamed:
+        h.update(train.images.fingerprint().encode())
+    else:
+        h.update(train.images.contiguous().numpy().tobytes())
     if train.labels is not None:
         h.update(train.labels.long().contiguous().numpy().tobytes())
     h.update(runtime.precision.encode())

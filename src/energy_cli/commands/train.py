@@ -7,10 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from energy_cli.commands.checkpoints import dataset_normalizer
 from energy_cli.commands.outcome import Outcome
 from energy_cli.commands.training import train_and_save
-from energy_cli.data import load_id
+from energy_cli.data import load_id, normalizer_stats
+from energy_cli.data.batches import Normalizer
 from energy_cli.engine.loop import TrainSpec
 from energy_cli.engine.runtime import runtime_from_config
 from energy_cli.engine.seeding import seed_everything
@@ -26,10 +26,18 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     runtime = runtime_from_config(cfg)
     seed_everything(int(cfg.seed))
     train, test = load_id(cfg)
+    if resumed is not None:   # a resumed run keeps the normalisation it started with (measured or given)
+        normalizer = Normalizer(resumed["mean"], resumed["std"])
+    else:
+        mean, std, how = normalizer_stats(cfg, train)
+        normalizer = Normalizer(mean, std)
+        if how != "given":
+            log.info(f"normalisation {how}: mean {[round(m, 4) for m in mean]}, std {[round(s, 4) for s in std]} "
+                     "(stored in the checkpoint)")
     model = build_model(cfg.backbone, int(cfg.dataset.num_classes), int(cfg.dataset.channels),
                         int(cfg.dataset.image_size), download=bool(cfg.download))
     spec = TrainSpec(
-        train=train, test=test, normalizer=dataset_normalizer(cfg),
+        train=train, test=test, normalizer=normalizer,
         objective=lambda logits, labels, n_in: cross_entropy(logits, labels),
         epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), seed=int(cfg.seed),
         crop_pad=int(cfg.dataset.augment.crop_pad), flip=bool(cfg.dataset.augment.flip),

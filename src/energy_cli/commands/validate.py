@@ -200,6 +200,11 @@ def progress_value(cfg: DictConfig, key: str) -> None:
         raise UserError(f"{key}={_value(cfg, key)!r} is not known; choose one of: auto, true, false")
 
 
+def stream_value(cfg: DictConfig, key: str) -> None:
+    if _value(cfg, key) not in ("auto", True, False):
+        raise UserError(f"{key}={_value(cfg, key)!r} must be auto, true or false")
+
+
 def channels_last_value(cfg: DictConfig, key: str) -> None:
     if _value(cfg, key) not in ("auto", True, False):
         raise UserError(f"{key}={_value(cfg, key)!r} must be auto, true or false")
@@ -271,12 +276,15 @@ RULES: dict[str, Rule] = {
     "overwrite": boolean_or_null,
     # the in-distribution dataset
     "dataset.name": checked_elsewhere,
-    "dataset.num_classes": integer(2, 100_000),
+    "dataset.num_classes": auto_or(integer(2, 100_000)),   # auto: counted from dataset=folder's class folders
     "dataset.channels": choice("1", "3"),
     "dataset.image_size": integer(1, 4096),
     "dataset.test_fraction": open_fraction,
-    "dataset.mean": numbers,
-    "dataset.std": positive_numbers,
+    "dataset.mean": auto_or(numbers),          # auto: measured from the training images (train)
+    "dataset.std": auto_or(positive_numbers),
+    "dataset.path": text,
+    "dataset.stream": stream_value,
+    "dataset.workers": auto_or(integer(0, 256)),
     "dataset.augment.crop_pad": integer(0, 4096),
     "dataset.augment.flip": flag,
     "dataset.ood": names,
@@ -435,6 +443,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         channels = int(str(cfg.dataset.channels))
         for key in ("dataset.mean", "dataset.std"):
             value = _value(cfg, key)
+            if str(value) == "auto":   # measured from the training images, one per channel
+                continue
             count = len(value) if isinstance(value, ListConfig) else 1
             if count != channels:
                 raise UserError(f"{key} has {count} values, but dataset={cfg.dataset.name} has {channels} channel"

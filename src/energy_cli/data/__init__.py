@@ -17,6 +17,7 @@ from energy_cli.data import (
     catalog,
     cifar,
     embedded,
+    folder_dataset,
     folders,
     svhn,
     synthetic,
@@ -32,6 +33,7 @@ ID_DATASETS: dict[str, Callable[[DictConfig], tuple[ImageSet, ImageSet]]] = {
     "digits": lambda cfg: embedded.load_digits_split(cfg.dataset.get("test_fraction", 0.2)),
     "cifar10": lambda cfg: cifar.load_cifar("cifar10", cfg.data_root, bool(cfg.download)),
     "cifar100": lambda cfg: cifar.load_cifar("cifar100", cfg.data_root, bool(cfg.download)),
+    "folder": lambda cfg: folder_dataset.load(cfg, progress_enabled(cfg.progress), _cuda_device(cfg)),
 }
 
 # name -> (cfg, shape) -> outliers, already at `shape`
@@ -101,6 +103,50 @@ def id_shape(cfg: DictConfig) -> Shape:
     """(channels, size, size) of the ID images, from the dataset config."""
     d = cfg.dataset
     return int(d.channels), int(d.image_size), int(d.image_size)
+
+
+def _cuda_device(cfg: DictConfig):
+    """The CUDA device the run will use (cfg.device auto / cuda / cuda:N with CUDA present), else None."""
+    import torch
+
+    device = str(cfg.get("device", "auto"))
+    if device == "cpu" or not torch.cuda.is_available():
+        return None
+    return torch.device("cuda" if device == "auto" else device)
+
+
+def prepare_dataset(cfg: DictConfig) -> None:
+    """Fill in what the dataset's folder decides, once, before a command runs: dataset.num_classes=auto
+    (or null) becomes the number of class folders of dataset=folder. Layout mistakes fail here (one line)."""
+    d = cfg.dataset
+    auto = d.get("num_classes") is None or str(d.get("num_classes")) == "auto"
+    if d.name == "folder":
+        found = len(folder_dataset.scan(d.get("path")).classes)
+        if auto:
+            d.num_classes = found
+        elif int(d.num_classes) != found:
+            raise UserError(f"dataset.num_classes={d.num_classes}, but {d.path}/train/ holds {found} class folders; "
+                            "drop the override (auto counts them)")
+    elif auto:
+        raise UserError(f"dataset.num_classes={d.get('num_classes')}: only dataset=folder counts its classes; "
+                        f"give a number")
+
+
+def normalizer_stats(cfg: DictConfig, train: ImageSet) -> tuple[list[float], list[float], str]:
+    """(mean, std, how) for training: dataset.mean / dataset.std as given, or, where `auto`, measured per channel
+    from the training images (streams.channel_stats: pixels in [0, 1], a seeded draw of at most 50,000 images)."""
+    from energy_cli.data.streams import STATS_SAMPLES, channel_stats
+
+    mean, std = cfg.dataset.mean, cfg.dataset.std
+    if str(mean) != "auto" and str(std) != "auto":
+        return [float(m) for m in mean], [float(s) for s in std], "given"
+    measured_mean, measured_std = channel_stats(train.images, int(cfg.seed))
+    if any(s <= 0 for s in measured_std) and str(std) == "auto":
+        raise UserError("dataset.std=auto: every training pixel of a channel has the same value (std 0); "
+                        "give dataset.std=[...] by hand")
+    out_mean = measured_mean if str(mean) == "auto" else [float(m) for m in mean]
+    out_std = measured_std if str(std) == "auto" else [float(s) for s in std]
+    return out_mean, out_std, f"measured on {min(len(train), STATS_SAMPLES)} training images"
 
 
 def load_id(cfg: DictConfig) -> tuple[ImageSet, ImageSet]:

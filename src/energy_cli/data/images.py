@@ -2,7 +2,8 @@
 
 An `ImageSet` is a uint8 tensor of images (N x C x H x W, values 0..255) with optional integer labels.
 Sources (embedded, synthetic, files on disk) build one; the engine moves it to the compute device once
-and batches, augments and normalises it there.
+and batches, augments and normalises it there. A dataset too large for memory holds a `streams.LazyImages`
+instead of the tensor (same len / shape / dtype / indexing; decoded batch by batch from its files).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ LUMA = (0.299, 0.587, 0.114)
 
 @dataclass
 class ImageSet:
-    """uint8 images (N, C, H, W) and, for labelled sets, int64 labels (N,)."""
+    """uint8 images (N, C, H, W) and, for labelled sets, int64 labels (N,). `images` is a tensor, or a
+    streams.LazyImages for a set streamed from disk (`streamed`)."""
 
     name: str
-    images: torch.Tensor
+    images: torch.Tensor   # or streams.LazyImages
     labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -38,6 +40,11 @@ class ImageSet:
     def shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of one image."""
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images stay on disk (a LazyImages) rather than in a tensor."""
+        return not isinstance(self.images, torch.Tensor)
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
         labels = None if self.labels is None else self.labels[index]

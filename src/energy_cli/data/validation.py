@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from energy_cli.data.images import ImageSet
+from energy_cli.data.streams import pixels
 
 KINDS = ("mean_pairs", "geomean", "jigsaw", "speckle", "pixelate", "rgb_shift", "invert")
 
@@ -90,7 +91,7 @@ TRANSFORMS = {"mean_pairs": mean_pairs, "geomean": geomean, "jigsaw": jigsaw, "s
 def synthetic_validation_sets(train: ImageSet, n: int, seed: int) -> list[ImageSet]:
     """Every validation kind that applies to the images' channel count (rgb_shift needs 3), `n` images each
     (at most the training set's size), each from its own seeded draw of the training images. Names are
-    `val_<kind>`."""
+    `val_<kind>`. A streamed training set decodes only the drawn images."""
     if len(train) < 2:
         raise ValueError("synthetic validation sets need at least two training images")
     out = []
@@ -99,5 +100,5 @@ def synthetic_validation_sets(train: ImageSet, n: int, seed: int) -> list[ImageS
             continue
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
         index = torch.randperm(len(train), generator=g)[: min(int(n), len(train))]
-        out.append(ImageSet(f"val_{kind}", TRANSFORMS[kind](train.images[index], g)))
+        out.append(ImageSet(f"val_{kind}", TRANSFORMS[kind](pixels(train.images, index), g)))
     return out

@@ -15,15 +15,18 @@ from typing import Sequence
 import torch
 
 from energy_cli.data.batches import Normalizer
+from energy_cli.data.streams import LazyImages
 from energy_cli.detectors.base import Batch, Detector
 from energy_cli.engine.inference import device_batches, eval_mode
 from energy_cli.engine.runtime import Runtime, is_compiled
 from energy_cli.models import Classifier
 
 
-def score_images(model: Classifier, images: torch.Tensor, detectors: Sequence[Detector], normalizer: Normalizer,
-                 runtime: Runtime, batch_size: int = 1024) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Scores of uint8 images (N, C, H, W) under every detector, batch by batch on the device, in eval mode.
+def score_images(model: Classifier, images: torch.Tensor | LazyImages, detectors: Sequence[Detector],
+                 normalizer: Normalizer, runtime: Runtime,
+                 batch_size: int = 1024) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Scores of uint8 images (N, C, H, W; a tensor, or a LazyImages streamed from disk) under every detector,
+    batch by batch on the device, in eval mode.
 
     Returns the fp32 logits (N, K) and {detector name: float64 scores (N,)}, on the CPU. Each batch is
     forwarded once for all detectors; perturbing detectors add their own gradient and forward passes.

@@ -11,6 +11,7 @@ from torch import nn
 
 from energy_cli.data.batches import Normalizer, index_batches
 from energy_cli.data.images import ImageSet
+from energy_cli.data.streams import LazyImages
 from energy_cli.engine.runtime import Runtime, is_compiled
 from energy_cli.ood.scores import free_energy
 
@@ -26,16 +27,21 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def device_batches(images: torch.Tensor, normalizer: Normalizer, runtime: Runtime, batch_size: int,
+def device_batches(images: torch.Tensor | LazyImages, normalizer: Normalizer, runtime: Runtime, batch_size: int,
                    pad_to_batch: bool = False) -> Iterator[tuple[torch.Tensor, int]]:
     """Normalised batches of uint8 images on the device, in the runtime's memory format (pinned, non-blocking
     copies from the CPU to a GPU). Yields (x, n): n real rows; with pad_to_batch a short last batch is
-    zero-padded to batch_size, so that a compiled model sees one shape and does not recompile."""
+    zero-padded to batch_size, so that a compiled model sees one shape and does not recompile. `images` may be
+    a LazyImages (a set streamed from disk): its batches come decoded from DataLoader workers."""
     norm = normalizer.to(runtime.device)
     pin = runtime.device.type == "cuda" and images.device.type == "cpu"
     pad = pad_to_batch and len(images) > batch_size
-    for sl in index_batches(len(images), batch_size):
-        batch = images[sl]
+    if isinstance(images, LazyImages):
+        source = images.range_batches(batch_size)
+        pin = pin and not images.pin_memory
+    else:
+        source = (images[sl] for sl in index_batches(len(images), batch_size))
+    for batch in source:
         n = len(batch)
         if pad and n < batch_size:
             batch = torch.cat([batch, batch.new_zeros((batch_size - n, *batch.shape[1:]))])
@@ -45,10 +51,10 @@ def device_batches(images: torch.Tensor, normalizer: Normalizer, runtime: Runtim
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, runtime: Runtime,
+def predict(model: nn.Module, images: torch.Tensor | LazyImages, normalizer: Normalizer, runtime: Runtime,
             batch_size: int = 1024, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits (fp32, on the CPU) of uint8 images, in eval mode; with features=True also the penultimate
-    features. One forward pass per batch; images may live on the CPU or on the device."""
+    features. One forward pass per batch; images may live on the CPU, on the device, or on disk (LazyImages)."""
     logits_parts, feat_parts = [], []
     with eval_mode(model):
         for x, n in device_batches(images, normalizer, runtime, batch_size, is_compiled(model) and not features):

@@ -4,7 +4,12 @@ The loop keeps the uint8 data on the device, draws every batch by index, augment
 there, and never waits for the device inside an epoch (losses are summed on the device and read once
 per epoch). All randomness of step b of epoch e comes from generators seeded with (seed, e, b), so a run
 restarted from a checkpoint at any step sees exactly the batches, augmentations and outliers it would
-have seen; the global torch RNG (dropout) is saved and restored with the checkpoint."""
+have seen; the global torch RNG (dropout) is saved and restored with the checkpoint.
+
+A training set streamed from disk (its images a data.streams.LazyImages) takes the same per-epoch order: a
+DataLoader decodes batch b of the epoch from the files order[b*B:(b+1)*B] (the batches from the resumed step
+on), and augmentation and normalisation happen on the device as for the in-memory set; both give the same
+batches bit for bit."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from torch import nn
 
 from energy_cli.data.batches import Normalizer, random_crop_flip
 from energy_cli.data.images import ImageSet
+from energy_cli.data.streams import LazyImages
 from energy_cli.engine import distributed
 from energy_cli.engine.inference import accuracy, predict
 from energy_cli.engine.runtime import Runtime
@@ -121,11 +127,12 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
 
     group = distributed.current()
     dev = runtime.device
-    images = spec.train.images.to(dev)
+    lazy = spec.train.images if isinstance(spec.train.images, LazyImages) else None
+    images = spec.train.images.to(dev) if lazy is None else None
     labels = spec.train.labels.to(dev)
     out_images = spec.outliers.images.to(dev) if spec.outliers is not None else None
     norm = spec.normalizer.to(dev)
-    n = len(images)
+    n = len(spec.train)
     steps = steps_per_epoch(n, spec.batch_size)
     every = int(spec.checkpoint_every_steps)
     check_every = 1 if dev.type == "cpu" else 50   # reading the loss waits for a GPU; on a CPU it is free
@@ -148,7 +155,11 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
         while state.epoch < spec.epochs:
             epoch = state.epoch
             started = time.perf_counter()
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(spec.seed, epoch, 0))).to(dev)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(spec.seed, epoch, 0)))
+            # a streamed set: the epoch's remaining batches, decoded ahead by the loader's workers
+            streamed = None if lazy is None else lazy.batches(
+                order[b * spec.batch_size:(b + 1) * spec.batch_size].tolist() for b in range(state.batch, steps))
+            order = order.to(dev)
             if out_images is not None:
                 out_order = torch.randperm(len(out_images), generator=torch.Generator().manual_seed(
                     mix_seed(spec.seed, epoch, 1))).to(dev)
@@ -195,10 +206,11 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
                     return state
                 gen.manual_seed(mix_seed(spec.seed, epoch, b, 2))
                 idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
+                batch = images[idx] if streamed is None else next(streamed).to(dev, non_blocking=True)
                 if len(idx) < group.world_size:   # too few images to give every rank one: skip
                     state.batch = b + 1
                     continue
-                x = random_crop_flip(images[idx], spec.crop_pad, spec.flip, gen)
+                x = random_crop_flip(batch, spec.crop_pad, spec.flip, gen)
                 y = labels[idx]
                 if out_images is not None:
                     pos = (b * spec.outlier_batch_size + torch.arange(spec.outlier_batch_size, device=dev)) % len(out_images)

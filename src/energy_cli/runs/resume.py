@@ -104,7 +104,12 @@ def composed_config(command: str, args: Sequence[str]) -> dict[str, Any]:
     from energy_cli.config.compose import compose_config
 
     args = [a for a in args if not key_of(a).startswith("hydra.") and key_of(a) != "resume"]
-    return OmegaConf.to_container(compose_config(command, args), resolve=True)  # type: ignore[return-value]
+    cfg = compose_config(command, args)
+    if OmegaConf.select(cfg, "dataset.name") == "folder":   # its num_classes=auto is counted, as in the run
+        from energy_cli.data import prepare_dataset
+
+        prepare_dataset(cfg)
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
 def find_interrupted(command: str, config: dict[str, Any], roots: Sequence[Path]) -> Path | None:

@@ -12,7 +12,7 @@ from energy_cli.errors import UserError
 
 COMMANDS = ("train", "finetune", "eval", "score", "report")
 # each config-group choice once (the leaves of a group differ between its choices)
-CHOICES = [[], ["dataset=cifar10"], ["dataset=cifar100"], ["backbone=wrn40_2"], ["backbone=resnet18"],
+CHOICES = [[], ["dataset=cifar10"], ["dataset=cifar100"], ["dataset=folder"], ["backbone=wrn40_2"], ["backbone=resnet18"],
            ["backbone=torchvision"], ["backbone=timm"], ["backbone=custom"],
            ["outliers=tinyimages300k"], ["outliers=folder"], ["outliers=npy"], ["experiment=cifar10_wrn"],
            ["experiment=cifar100_wrn"]]
