@@ -14,7 +14,9 @@ def test_a_run_keeps_its_lines_in_its_log_file(cli, tmp_path):
     stamped = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\]\[energy_cli[\w.]*\]\[INFO\] - (.*)")
     messages = [stamped.fullmatch(line).group(1) for line in lines]
     assert messages == result.out.splitlines()                        # the console's lines, each stamped
-    assert messages[0] == "energy-ood train: run folder run" and messages[-1].startswith("pretrain: test accuracy")
+    assert messages[0] == "energy-ood train: run folder run" and messages[-2].startswith("pretrain: test accuracy")
+    last_epoch = (tmp_path / "run" / "train_log.csv").read_text().splitlines()[-1].split(",")
+    assert messages[-1] == f"headline metric: test_acc = {float(last_epoch[3]):.6g}"   # what Hydra sweepers read
 
 
 def test_each_sweep_job_keeps_its_own_log(cli, tmp_path):
