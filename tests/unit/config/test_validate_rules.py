@@ -107,15 +107,23 @@ def test_typed_values_are_checked(composed, command, override, message):
 def test_junk_in_any_key_is_a_user_error_or_accepted(composed, command):
     """Whatever a user types into any key, validation ends in a UserError or accepts the value; it never
     raises anything else."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
     base = composed(command)
     junk = ["abc", "1e300", "-1e300", "nan", "inf", "-inf", str(2**70), "-1", "0", "true", "[]", "[1,x]", "null", "''"]
+    parser = OverridesParser.create()
+    # each value as Hydra's override grammar types it, set on a copy of the composed config (what composing with
+    # KEY=VALUE gives for a key the config has, at a fraction of the time of composing again)
+    values = [parser.parse_override(f"x={value}").value() for value in junk]
     for key in leaf_keys(base):
         if key == "command" or key.startswith(("dataset.recipe", "dataset.name", "backbone.name", "outliers.name")):
             continue
-        for value in junk:
+        for value in values:
+            cfg = base.copy()
             try:
-                cfg = composed(command, [f"{key}={value}"])
-            except Exception:  # noqa: BLE001 - Hydra refuses the override itself (its own one-line error)
+                OmegaConf.update(cfg, key, value, merge=False)
+            except Exception:  # noqa: BLE001 - the config refuses the value itself (Hydra's own one-line error)
                 continue
             try:
                 validate(cfg)
