@@ -140,6 +140,24 @@ def run_chain(results: Path, rows: list[dict[str, str]]) -> list[Path]:
     return chain
 
 
+NUMERIC_COLUMNS = ("n_id", "n_ood", "id_acc", "fpr95", "auroc", "aupr_in", "aupr_out")
+
+
+def malformed(rows: list[dict[str, str]]) -> str | None:
+    """Why the rows of a results.csv cannot be reported (a short row, or a metric cell that is not a number),
+    or None when they can."""
+    for line, row in enumerate(rows, start=2):
+        short = [c for c in RESULT_COLUMNS if row.get(c) is None]
+        if short or None in row:
+            return f"line {line} has {'too few' if short else 'too many'} cells"
+        for column in NUMERIC_COLUMNS:
+            try:
+                float(row[column])
+            except ValueError:
+                return f"line {line}: {column}={row[column]!r} is not a number"
+    return None
+
+
 def load_runs(paths: Sequence[str]) -> tuple[list[Run], list[str]]:
     """The runs under `paths`, and one note per results.csv that could not be used."""
     runs, skipped = [], []
@@ -153,6 +171,10 @@ def load_runs(paths: Sequence[str]) -> tuple[list[Run], list[str]]:
         missing = [c for c in RESULT_COLUMNS if not rows or c not in rows[0]]
         if missing:
             skipped.append(f"{results}: " + ("empty" if not rows else f"no column {missing[0]}"))
+            continue
+        why = malformed(rows)
+        if why is not None:
+            skipped.append(f"{results}: {why}")
             continue
         chain = run_chain(results, rows)
         overrides: dict[str, str] = {}
