@@ -117,3 +117,16 @@ def test_folder_needs_a_path(tmp_path, capsys):
         code = run_main("train", "dataset=folder", "hydra.run.dir=run", *TINY)
     err = capsys.readouterr().err
     assert code == 2 and "add dataset.path=DIR" in err and len(err.strip().splitlines()) == 1
+
+
+def test_without_ckpt_eval_takes_the_newest_run_of_the_same_folder(tmp_path):
+    first = make_folder(tmp_path / "first", n_train=4, n_test=2)
+    second = make_folder(tmp_path / "second", n_train=4, n_test=2, seed=1)
+    with working_dir(tmp_path):
+        for data in (first, second):   # the second folder's run is the newest
+            assert run_main("train", "epochs=1", "dataset=folder", f"dataset.path={data}", "cache_dir=null", *TINY,
+                            f"hydra.run.dir=outputs/train/{data.name}") == 0
+        assert run_main("eval", "dataset=folder", f"dataset.path={first}", "cache_dir=null", "ood=[gaussian]", *TINY,
+                        "hydra.run.dir=ev") == 0
+    rows = read_csv(tmp_path / "ev" / "results.csv")
+    assert rows[0]["checkpoint"] == str((tmp_path / "outputs/train/first/checkpoint.pt").resolve())

@@ -39,7 +39,8 @@ def checkpoint_normalizer(ckpt: dict[str, Any]) -> Normalizer:
 
 
 def find_checkpoint(cfg: DictConfig, stages: Iterable[str], what: str) -> Path:
-    """`ckpt=` when given, else the newest finished run of this dataset and backbone in one of `stages`."""
+    """`ckpt=` when given, else the newest finished run of this dataset (for dataset=folder: of the same
+    dataset.path) and backbone in one of `stages`."""
     if cfg.get("ckpt"):
         return Path(str(cfg.ckpt)).expanduser()
     stages = tuple(stages)
@@ -47,9 +48,17 @@ def find_checkpoint(cfg: DictConfig, stages: Iterable[str], what: str) -> Path:
     target = wanted.get("_target_")
     backbone = f"backbone=custom backbone._target_={target}" if target else f"backbone={backbone_name(wanted)}"
 
+    folder = cfg.dataset.get("path")   # dataset=folder: a run of the same name on another folder is not this one
+
+    def same_data(c: dict[str, Any]) -> bool:
+        if folder in (None, ""):
+            return True
+        held = ((c.get("config") or {}).get("dataset") or {}).get("path")
+        return held not in (None, "") and Path(str(held)).expanduser().resolve() == Path(str(folder)).expanduser().resolve()
+
     def matches(c: dict[str, Any]) -> bool:
         return (c.get("dataset") == dataset and isinstance(c.get("backbone"), dict)
-                and same_backbone(c["backbone"], wanted)
+                and same_backbone(c["backbone"], wanted) and same_data(c)
                 and c.get("stage") in stages and bool(c.get("finished")))
 
     found = ckpt_io.find_newest(search_roots(), matches)
