@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from energy_cli.commands.evaluate import check_finite, metric_rows
+from energy_cli.commands.checkpoints import rebuild_model
+from energy_cli.commands.evaluate import check_finite, fit_detectors, metric_rows
 from energy_cli.commands.outcome import FINISHED
 from energy_cli.config.overrides import quote
 from energy_cli.data.batches import Normalizer
@@ -49,12 +50,11 @@ from energy_cli.data.images import ImageSet, adapt, match_channels
 from energy_cli.detectors import build_detectors, resolve_score_names
 from energy_cli.detectors.base import FeatureFitDetector
 from energy_cli.detectors.scoring import score_images
-from energy_cli.engine.fusion import fold_batchnorm
-from energy_cli.engine.inference import accuracy, predict
+from energy_cli.engine.inference import accuracy
 from energy_cli.engine.runtime import Runtime, prepare_model, resolve_device
 from energy_cli.errors import PROG, UserError
 from energy_cli.launch import launch
-from energy_cli.models import Classifier, backbone_label, build_model
+from energy_cli.models import Classifier, backbone_label
 from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.outputs import RESULT_COLUMNS, STD_COLUMNS
 
@@ -138,9 +138,7 @@ def _from_checkpoint(path: Path, runtime: Runtime) -> tuple[Classifier, dict[str
     """The model of an energy-ood checkpoint as `energy-ood eval` uses it (BatchNorms folded), the results
     columns that name it, its input shape and its normalisation."""
     ckpt = ckpt_io.load_checkpoint(path)
-    model = build_model(ckpt["backbone"], ckpt["num_classes"], ckpt["in_channels"], ckpt["image_size"])
-    model.load_state_dict(ckpt_io.strip_module_prefix(ckpt["model"]))
-    model = prepare_model(fold_batchnorm(model.eval()), runtime)
+    model = rebuild_model(ckpt, path, runtime, for_inference=True)
     info = {"dataset": ckpt["dataset"], "backbone": backbone_label(ckpt["backbone"]), "stage": ckpt["stage"],
             "checkpoint": str(path.resolve())}
     shape = (int(ckpt["in_channels"]), int(ckpt["image_size"]), int(ckpt["image_size"]))
@@ -156,18 +154,12 @@ def _as_classifier(model: nn.Module, head: str | None, shape: Shape) -> Classifi
 
 
 def _fit(detectors: list, train: ImageSet, runtime: Runtime) -> None:
-    """Fit the detectors that need the ID training set: the feature-fitted ones from one shared pass."""
-    feature_fits = [det for det in detectors if isinstance(det, FeatureFitDetector)]
-    if feature_fits:
-        det = feature_fits[0]
-        _, feats = predict(det.model, train.images, det.normalizer, runtime, runtime.eval_batch_size, features=True)
-        for det in feature_fits:
-            det.fit_features(feats, train.labels)
-    for det in detectors:
-        if det.needs_fit and not isinstance(det, FeatureFitDetector):
-            if train.labels is None:
-                raise UserError(f"score {det.name} needs labelled training data: train_data=(images, labels)")
-            det.fit(train)
+    """Fit the detectors that need the ID training set (as eval does, without caching: no checkpoint file)."""
+    if train.labels is None:
+        labelled = [det.name for det in detectors if det.needs_fit and not isinstance(det, FeatureFitDetector)]
+        if labelled:
+            raise UserError(f"score {labelled[0]} needs labelled training data: train_data=(images, labels)")
+    fit_detectors(detectors, train, None, "", runtime)
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str], as_frame: bool | None) -> Any:

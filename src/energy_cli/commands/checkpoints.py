@@ -130,6 +130,12 @@ def model_from_checkpoint(ckpt: dict[str, Any], cfg: DictConfig, path: Path, run
                           for_inference: bool = False) -> Classifier:
     """The model a loaded checkpoint holds, after checking that it fits the config (see load_model)."""
     check_compatible(ckpt, cfg, path)
+    return rebuild_model(ckpt, path, runtime, for_inference)
+
+
+def rebuild_model(ckpt: dict[str, Any], path: Path, runtime: Runtime, for_inference: bool = False) -> Classifier:
+    """The model a loaded checkpoint holds, built from its header and weights, on the device (BatchNorms folded
+    with `for_inference`); one line when the weights do not fit."""
     model = build_model(ckpt["backbone"], ckpt["num_classes"], ckpt["in_channels"], ckpt["image_size"])
     label = backbone_label(ckpt["backbone"])
     if ckpt.get("stage") == EXTERNAL_STAGE:

@@ -82,10 +82,13 @@ def fit_key(checkpoint_sha256: str, train: ImageSet, runtime: Runtime) -> str:
 TRAIN_FEATURES = "train_features.pt"   # penultimate features of the ID training set, next to the checkpoint
 
 
-def train_features(det: FeatureFitDetector, train: ImageSet, ckpt_path: Path, key: str,
+def train_features(det: FeatureFitDetector, train: ImageSet, ckpt_path: Path | None, key: str,
                    checkpoint_sha256: str) -> torch.Tensor:
     """The penultimate features (N, D) of the ID training set under the checkpoint, from the cache next to it
-    (train_features.pt, keyed like the Mahalanobis fit) or from one eval-mode pass, then cached."""
+    (train_features.pt, keyed like the Mahalanobis fit) or from one eval-mode pass, then cached (not with
+    ckpt_path=None: a model without a checkpoint file)."""
+    if ckpt_path is None:
+        return predict(det.model, train.images, det.normalizer, det.runtime, det.batch_size, features=True)[1]
     cache = ckpt_path.parent / TRAIN_FEATURES
     state = ckpt_io.load_fit_cache(cache, key)
     if state is not None and isinstance(state.get("features"), torch.Tensor) and len(state["features"]) == len(train):
@@ -101,16 +104,17 @@ def train_features(det: FeatureFitDetector, train: ImageSet, ckpt_path: Path, ke
     return feats
 
 
-def fit_detectors(detectors: list[Detector], train: ImageSet, ckpt_path: Path, checkpoint_sha256: str,
+def fit_detectors(detectors: list[Detector], train: ImageSet, ckpt_path: Path | None, checkpoint_sha256: str,
                   runtime: Runtime) -> None:
     """Fit the detectors that need it on the ID training set, once per checkpoint. Mahalanobis's fit is
     cached next to the checkpoint as mahalanobis.pt; react, dice, knn and vim fit from the training features,
     extracted once for all of them and cached as train_features.pt (so a sweep over their settings refits in
     a moment). Caches are keyed by fit_key and reused while the key matches; when that folder is not writable
-    they are kept in memory only."""
+    they are kept in memory only. With ckpt_path=None (a model without a checkpoint file: the Python API)
+    nothing is cached."""
     if not any(det.needs_fit for det in detectors):
         return
-    key = fit_key(checkpoint_sha256, train, runtime)
+    key = "" if ckpt_path is None else fit_key(checkpoint_sha256, train, runtime)
     feature_fits = [det for det in detectors if isinstance(det, FeatureFitDetector)]
     if feature_fits:
         feats = train_features(feature_fits[0], train, ckpt_path, key, checkpoint_sha256)
@@ -118,6 +122,9 @@ def fit_detectors(detectors: list[Detector], train: ImageSet, ckpt_path: Path, c
             det.fit_features(feats, train.labels)
     for det in detectors:
         if not det.needs_fit or isinstance(det, FeatureFitDetector):
+            continue
+        if ckpt_path is None:
+            det.fit(train)
             continue
         cache = ckpt_path.parent / f"{det.name}.pt"
         state = ckpt_io.load_fit_cache(cache, key)

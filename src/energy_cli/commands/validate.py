@@ -200,12 +200,7 @@ def progress_value(cfg: DictConfig, key: str) -> None:
         raise UserError(f"{key}={_value(cfg, key)!r} is not known; choose one of: auto, true, false")
 
 
-def stream_value(cfg: DictConfig, key: str) -> None:
-    if _value(cfg, key) not in ("auto", True, False):
-        raise UserError(f"{key}={_value(cfg, key)!r} must be auto, true or false")
-
-
-def channels_last_value(cfg: DictConfig, key: str) -> None:
+def auto_or_flag(cfg: DictConfig, key: str) -> None:
     if _value(cfg, key) not in ("auto", True, False):
         raise UserError(f"{key}={_value(cfg, key)!r} must be auto, true or false")
 
@@ -272,7 +267,7 @@ RULES: dict[str, Rule] = {
     "threads": auto_or(integer(1, 4096)),
     "progress": progress_value,
     "probe": choice("auto", "off", "refresh"),
-    "channels_last": channels_last_value,
+    "channels_last": auto_or_flag,
     "overwrite": boolean_or_null,
     # the in-distribution dataset
     "dataset.name": checked_elsewhere,
@@ -283,7 +278,7 @@ RULES: dict[str, Rule] = {
     "dataset.mean": auto_or(numbers),          # auto: measured from the training images (train)
     "dataset.std": auto_or(positive_numbers),
     "dataset.path": text,
-    "dataset.stream": stream_value,
+    "dataset.stream": auto_or_flag,
     "dataset.workers": auto_or(integer(0, 256)),
     "dataset.augment.crop_pad": integer(0, 4096),
     "dataset.augment.flip": flag,

@@ -132,10 +132,6 @@ def _reason(path: Path, shape: tuple[int, int, int]) -> str:
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def is_lazy(images: object) -> bool:
-    return isinstance(images, LazyImages)
-
-
 def pixels(images: "torch.Tensor | LazyImages", index: torch.Tensor) -> torch.Tensor:
     """The uint8 images at `index` as a tensor (decoded from disk for a LazyImages)."""
     return images[index].load() if isinstance(images, LazyImages) else images[index]

@@ -97,11 +97,6 @@ class ModuleClassifier(Classifier):
             raise RuntimeError(f"the head layer {self.head_name} of {describe(self.net)} was not called")
         return feats.flatten(1)
 
-    def load_plain_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load the wrapped module's own weights (its state_dict keys, without the `net.` prefix); ValueError
-        naming the first missing / unexpected keys and shape mismatches when they do not fit."""
-        load_plain_weights(self, state_dict)
-
 
 def check_module(model: ModuleClassifier, sample_shape: tuple[int, ...]) -> None:
     """One eval-mode forward of two images of `sample_shape` (drawn from a private generator: the global RNG
