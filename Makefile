@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo bench docs clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: install
 BENCH ?=
 bench: install
 	$(PY) scripts/bench.py $(BENCH)
+
+# docs/configuration.md, written from the config schema (src/energy_cli/config/schema.py)
+docs: install
+	$(PY) -c "from energy_cli.config.reference import reference_markdown as r; print(r(), end='')" > docs/configuration.md
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache

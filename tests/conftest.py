@@ -44,9 +44,24 @@ class Result:
     err: str
 
 
+def composed_as_the_cli_does(compose_it):
+    """compose_it(), with a value refused by its key's type turned into the CLI's one-line UserError."""
+    from energy_cli.config.schema import type_error_line
+    from energy_cli.errors import UserError
+
+    try:
+        return compose_it()
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a refused value
+        line = type_error_line(exc)
+        if line is None:
+            raise
+        raise UserError(line) from exc
+
+
 @pytest.fixture
 def compose():
-    """compose(command, overrides) -> the command's composed config (no Hydra run)."""
+    """compose(command, overrides) -> the command's composed config (no Hydra run). A value its key's type
+    refuses raises the UserError the CLI shows for it (config.schema.type_error_line)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -54,7 +69,7 @@ def compose():
 
     def _compose(command: str, overrides=()):
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return hydra_compose(config_name=command, overrides=list(overrides))
+            return composed_as_the_cli_does(lambda: hydra_compose(config_name=command, overrides=list(overrides)))
 
     return _compose
 

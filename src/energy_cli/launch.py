@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 from energy_cli.config.logs import console_logging
 from energy_cli.config.overrides import sets_key
 from energy_cli.config.paths import config_dir
+from energy_cli.config.schema import type_error_line
 from energy_cli.errors import PROG, Interrupted, UserError, fail
 
 TRAINING_COMMANDS = ("train", "finetune")   # the commands that run data-parallel under torchrun
@@ -26,7 +27,11 @@ def _is_config_error(exc: BaseException) -> bool:
 
 
 def _config_error_line(exc: BaseException, command: str) -> str:
-    """Hydra's multi-line composition messages, folded into one line with a hint."""
+    """Hydra's multi-line composition messages, folded into one line with a hint; a value the schema's type
+    refused gets the words of its key's rule."""
+    typed = type_error_line(exc)
+    if typed is not None:
+        return typed
 
     missing = re.search(r"Could not find '([\w/]+)/([^'/]+)'\s*Available options in '[\w/]+':\s*((?:\s*\S+\n?)*?)\s*"
                         r"(?:Config search path|$)", str(exc))
@@ -36,7 +41,7 @@ def _config_error_line(exc: BaseException, command: str) -> str:
                 "backbone=custom backbone._target_=PACKAGE.MODULE.CLASS)") if group == "backbone" else ""
         return f"{group}={name} is not known; choose one of: {', '.join(options)}{more}"
     unknown = re.search(r"Could not override '([^']+)'", str(exc))
-    if unknown and "not in struct" in f"{exc} {exc.__cause__}":   # a key no config defines (Hydra would suggest `+key=`)
+    if unknown and re.search(r"not in struct|Key '[^']+' not in '", f"{exc} {exc.__cause__}"):   # a key no config defines (Hydra would suggest `+key=`)
         return (f"unknown key '{unknown.group(1)}'; see the keys with: {PROG} {command} --cfg job "
                 "(a typo? keys are case-sensitive)")
     parts = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -124,7 +129,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
         _full_errors_by_user = saved
 
 
-def _report_errors(command: str, func):
+def report_errors(command: str, func):
     """`func()`, with a config error (from composing the config before Hydra runs) as one line."""
     try:
         return func()
@@ -147,7 +152,7 @@ def _plan_run(command: str, overrides: list[str]) -> tuple[list[str], object]:
             resume,  # lazy: reads checkpoints (torch); keeps --help, --cfg job and report fast
         )
 
-        overrides = _report_errors(command, lambda: resume.plan(command, overrides))
+        overrides = report_errors(command, lambda: resume.plan(command, overrides))
     try:
         return plan_run_folder(command, overrides)
     except UserError as exc:

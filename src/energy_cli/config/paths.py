@@ -6,7 +6,12 @@ from pathlib import Path
 
 
 def config_dir() -> Path:
-    """The folder holding the Hydra configs: inside the installed wheel, or the repository's conf/."""
+    """The folder holding the Hydra configs: inside the installed wheel, or the repository's conf/. The
+    structured schemas its files extend are registered in Hydra's ConfigStore on the way (config/schema.py),
+    so whatever composes from this folder finds them."""
+    from energy_cli.config.schema import register
+
+    register()
     package = Path(__file__).resolve().parent.parent
     for candidate in (package / "conf", package.parent.parent / "conf"):
         if (candidate / "train.yaml").is_file():

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Runtime:
     """The compute device, the autocast dtype (None = fp32) and the memory format of image batches. A command
-    builds it from its config with `runtime_from_config` (conf/common/base.yaml holds the defaults); the
+    builds it from its config with `runtime_from_config` (config/schema.py declares the keys and defaults); the
     defaults here serve code that builds one by hand (tests, scripts): no progress bars."""
 
     device: torch.device

@@ -84,8 +84,8 @@ def test_report_and_score_compose(compose):
 
 
 @pytest.mark.parametrize("command,override,message", [
-    ("eval", "plots=yes", "plots=yes must be true or false"),
-    ("report", "plots=1", "plots=1 must be true or false"),
+    ("eval", "plots=maybe", "plots=maybe must be true or false"),
+    ("report", "plots=sometimes", "plots=sometimes must be true or false"),
     ("score", "threshold=high", "threshold='high' must be a number"),
 ])
 def test_validation_of_the_new_keys(compose, command, override, message):

@@ -59,8 +59,9 @@ def test_outlier_path_both_spellings(compose, group):
     assert compose("finetune", [f"outliers={group}"]).outliers.path is None
 
 
-def test_path_key_exists_only_with_a_path_outlier_group(compose):
-    assert "path" not in compose("finetune")
+def test_path_key_is_null_until_a_path_outlier_group_reads_it(compose):
+    assert compose("finetune").path is None and "path" not in compose("finetune").outliers
+    assert compose("finetune", ["outliers=folder", "path=/imgs"]).outliers.path == "/imgs"
     assert compose("finetune", ["outliers=tinyimages300k", "outliers.path=/z.npy"]).outliers.path == "/z.npy"
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from energy_cli.commands.validate import RULES, leaf_keys, rule_for, validate
+from energy_cli.commands.validate import validate
+from energy_cli.config.schema import RULES, leaf_keys, rule_for
 from energy_cli.config.paths import config_dir
 from energy_cli.errors import UserError
+from conftest import composed_as_the_cli_does
 
 COMMANDS = ("train", "finetune", "eval", "score", "report")
 # each config-group choice once (the leaves of a group differ between its choices)
@@ -22,7 +24,8 @@ CHOICES = [[], ["dataset=cifar10"], ["dataset=cifar100"], ["dataset=folder"], ["
 def composed():
     """compose(command, overrides) inside one Hydra initialisation (fast enough for many configs)."""
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        yield lambda command, overrides=(): compose(config_name=command, overrides=list(overrides))
+        yield lambda command, overrides=(): composed_as_the_cli_does(
+            lambda: compose(config_name=command, overrides=list(overrides)))
 
 
 def test_every_key_of_every_command_and_choice_has_a_rule(composed):
@@ -78,7 +81,9 @@ CASES = [
     ("train", "dataset.std=[1,1]", "dataset.std has 2 values, but dataset=digits has 1 channel"),
     ("train", "nesterov=maybe", "nesterov=maybe must be true or false"),
     ("train", "progress=2", "progress=2 is not known; choose one of: auto, true, false"),
-    ("eval", "save_scores=yes", "save_scores=yes must be true or false"),
+    ("eval", "save_scores=maybe", "save_scores=maybe must be true or false"),
+    ("train", "epochs=abc", "epochs='abc' must be a whole number >= 0"),
+    ("eval", "odin.grid.noise=[0,x]", "odin.grid.noise[1]='x' must be a finite number"),
     ("train", "threads=0", "threads=0 must be >= 1"),
     ("train", "device=cuda:x", "device=cuda:x is not known"),
     ("train", "lr=1e999", "lr=inf must be a finite number"),
@@ -93,13 +98,35 @@ CASES = [
 
 @pytest.mark.parametrize("command,override,message", CASES, ids=[f"{c} {o}" for c, o, _ in CASES])
 def test_typed_values_are_checked(composed, command, override, message):
-    cfg = composed(command, [override])
     if message is None:
-        validate(cfg)
+        validate(composed(command, [override]))
         return
     with pytest.raises(UserError) as info:
-        validate(cfg)
+        validate(composed(command, [override]))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_schema_types_every_value_while_composing(composed):
+    """Typed keys hold their type whatever the user typed (YAML's true/false words included); open keys
+    (auto | number, lists of names) keep the value as typed."""
+    cfg = composed("eval", ["temperature=2", "save_scores=yes", "seed=7", "knn.k=3", "eval_batch_size=64",
+                            "threads=auto"])
+    assert cfg.temperature == 2.0 and isinstance(cfg.temperature, float)
+    assert cfg.save_scores is True and cfg.seed == 7 and cfg.knn.k == 3
+    assert cfg.eval_batch_size == 64 and cfg.threads == "auto"
+    assert composed("train", ["lr=1"]).lr == 1.0 and isinstance(composed("train", ["lr=1"]).lr, float)
+    with pytest.raises(Exception, match="Could not override 'lrr'"):   # the CLI: "unknown key 'lrr'; see ..."
+        composed("train", ["lrr=1"])
+
+
+def test_every_schema_key_has_help_text():
+    from energy_cli.config.schema import COMMANDS, GROUPS, _fields
+
+    kinds = [(kind, "") for kind in COMMANDS.values()] + [
+        (kind, f"{group}.") for group, options in GROUPS.items() for kind in options.values()]
+    undocumented = {name for kind, prefix in kinds for name, item in _fields(kind, prefix)
+                    if not item.metadata.get("help") and not name.endswith("command")}
+    assert not undocumented, sorted(undocumented)
 
 
 @pytest.mark.slow
@@ -129,3 +156,15 @@ def test_junk_in_any_key_is_a_user_error_or_accepted(composed, command):
                 validate(cfg)
             except UserError as exc:
                 assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("backbone.width=abc", "backbone.width='abc' must be a whole number >= 1"),
+    ("dataset.image_size=1.5", "dataset.image_size=1.5 must be a whole number >= 1"),
+    ("dataset.recipe.train.lr=fast", "dataset.recipe.train.lr='fast' must be a number"),
+    ("dataset.augment.flip=sideways", "dataset.augment.flip=sideways must be true or false"),
+])
+def test_the_group_files_are_typed_too(composed, override, message):
+    with pytest.raises(UserError) as info:
+        composed("train", [override])
+    assert str(info.value) == message

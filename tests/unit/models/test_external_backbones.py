@@ -141,8 +141,8 @@ def test_rules_of_builtin_options_do_not_apply_to_a_users_model(compose):
     from energy_cli.commands.validate import validate
 
     validate(compose("train", ["backbone=custom", "backbone._target_=usernets.TinyNet", "+backbone.depth=5"]))
-    with pytest.raises(UserError, match="backbone.arch=7 must be a path or a name"):
-        validate(compose("train", ["backbone=torchvision", "backbone.arch=7"]))
+    with pytest.raises(UserError, match=r"backbone.arch=\['a', 'b'\] must be a path or a name"):
+        validate(compose("train", ["backbone=torchvision", "backbone.arch=[a,b]"]))
 
 
 def test_plain_weights_load_by_the_modules_own_names_or_the_wrappers():
