@@ -1,7 +1,8 @@
 """argv -> (command, Hydra overrides) -> launch.
 
 `energy-ood <command> [OVERRIDES...]` runs the Hydra application whose primary config is
-`conf/<command>.yaml`; every Hydra flag (`-m`, `--cfg job`, `--help`, `hydra.run.dir=...`) keeps working.
+`conf/<command>.yaml`; every Hydra flag (`-m`, `--cfg job`, `--hydra-help`, `hydra.run.dir=...`) keeps working,
+and `COMMAND --help` prints the command's config groups and config.
 This module only rewrites a few shorthands (`--ood a,b`; the positional paths of `report` and `score` into
 a quoted `paths=[...]` list) and turns user errors into one-line messages."""
 
@@ -10,11 +11,14 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from energy_cli.config.overrides import quote, sets_key
 from energy_cli.errors import PROG, UserError, fail
-from energy_cli.launch import launch, run_hydra
+from energy_cli.config.compose import compose_config, extra_config_dirs
+from energy_cli.config.paths import config_dir
+from energy_cli.launch import launch, report_errors, run_hydra
 
 COMMANDS: dict[str, str] = {
     "train": "pretrain a classifier with cross-entropy",
@@ -31,7 +35,7 @@ POSITIONAL: dict[str, str] = {"report": "paths", "score": "paths"}
 
 USAGE = f"""usage: {PROG} <command> [OVERRIDES...]
        {PROG} <command> -m KEY=a,b ...      (a Hydra multirun sweep)
-       {PROG} <command> --help | --cfg job   (Hydra's own flags)
+       {PROG} <command> --help | --cfg job | --hydra-help
 
 commands:
 """ + "".join(f"  {name:<9} {text}\n" for name, text in COMMANDS.items()) + f"""
@@ -113,6 +117,37 @@ def collect_paths(command: str, args: Sequence[str]) -> list[str]:
     return out
 
 
+HELP_FLAGS = ("--help", "-h")
+
+
+def config_groups(command: str, extra_dirs: Sequence[os.PathLike] = ()) -> dict[str, list[str]]:
+    """The config groups a user picks from (GROUP=OPTION) for `command`, those its conf/<command>.yaml lists
+    (Hydra's own `hydra` left out), with their options in conf/ and in the --config-dir folders."""
+    from omegaconf import OmegaConf
+
+    listed = OmegaConf.load(config_dir() / f"{command}.yaml").get("defaults", [])
+    names = sorted({name for entry in listed if OmegaConf.is_dict(entry) for name in entry} - {"hydra"})
+    return {name: sorted({f.stem for root in [config_dir(), *map(Path, extra_dirs)]
+                          for f in (Path(root) / name).glob("*.yaml")}) for name in names}
+
+
+def command_help(command: str, args: Sequence[str]) -> str:
+    """`energy-ood COMMAND --help`: what the command does, its config groups and its composed config (with the
+    other arguments applied), without starting Hydra's application."""
+    from omegaconf import OmegaConf
+
+    args = [a for a in args if a not in HELP_FLAGS]
+    cfg = report_errors(command, lambda: compose_config(command, args))
+    groups = "" if command == "report" else "".join(
+        f"  {name}: {', '.join(options)}\n" for name, options in config_groups(command, extra_config_dirs(args)).items())
+    first = "[PATH...]" if command in POSITIONAL else "[GROUP=OPTION]..."
+    return (f"usage: {PROG} {command} {first} [KEY=VALUE]...    {COMMANDS[command]}\n\n"
+            + (f"config groups:\n{groups}\n" if groups else "")
+            + f"every key's type, default and meaning: docs/configuration.md; Hydra's flags: {PROG} {command} "
+              "--hydra-help\n\n"
+            + f"config ({PROG} {command} --cfg job prints it alone):\n\n{OmegaConf.to_yaml(cfg)}")
+
+
 COMPLETION_FLAGS = ("-sc", "--shell-completion")
 
 
@@ -179,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if command not in COMMANDS:
             raise UserError(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)} ({PROG} --help)")
         overrides = collect_paths(command, expand_shorthands(rest))
+        if any(flag in overrides for flag in HELP_FLAGS):
+            print(command_help(command, overrides), end="")
+            return
     except UserError as exc:
         fail(str(exc))
     launch(command, overrides)

@@ -162,6 +162,18 @@ def test_help_lists_the_commands(cli):
         assert f"  {command} " in result.out
 
 
+def test_command_help_lists_its_groups_and_config(cli):
+    result = cli("train", "--help", "epochs=3")
+    assert result.code == 0, result.err
+    assert result.out.startswith("usage: energy-ood train ")
+    assert "  dataset: cifar10, cifar100, digits, folder\n" in result.out
+    assert "  loss:" not in result.out and "schema" not in result.out   # loss is finetune's; schemas are no group
+    assert "\nepochs: 3\n" in result.out
+    assert "  loss: energy, oe\n" in cli("finetune", "-h").out
+    bad = cli("train", "--help", "epochs=abc")
+    assert bad.code == 2 and bad.err.strip() == "energy-ood: error: epochs='abc' must be a whole number >= 0"
+
+
 def test_hydra_cfg_flag_prints_the_config(cli):
     result = cli("finetune", "--cfg", "job", "m_in=-23")
     assert result.code == 0
@@ -176,3 +188,21 @@ def test_console_entry_point_as_subprocess(cli_subprocess, tmp_path):
     assert (tmp_path / "r" / "checkpoint.pt").is_file()
     bad = cli_subprocess("eval", "ckpt=r/checkpoint.pt", "ood=[mars]", *FAST)
     assert bad.code == 2 and "unknown OOD set 'mars'" in bad.err and "Traceback" not in bad.err
+
+
+def test_a_users_own_config_file_can_extend_a_schema(cli, tmp_path):
+    """A dataset file of one's own, added with --config-dir, gets the built-in types by naming the schema."""
+    folder = tmp_path / "my_conf" / "dataset"
+    folder.mkdir(parents=True)
+    body = ("defaults: [/schema_dataset_base@_here_, _self_]\nname: cifar10\nnum_classes: 10\nchannels: 3\n"
+            "image_size: {size}\nmean: [0.5, 0.5, 0.5]\nstd: [0.25, 0.25, 0.25]\nood: [gaussian]\n"
+            "benchmark_ood: [gaussian]\nm_in: -23.0\nm_out: -5.0\nrecipe:\n"
+            "  train: {{epochs: 1, lr: 0.1, batch_size: 8}}\n"
+            "  finetune: {{epochs: 1, lr: 0.001, batch_size: 8, outlier_batch_size: 8}}\n")
+    (folder / "mine.yaml").write_text(body.format(size=16))
+    ok = cli("train", "--config-dir", str(tmp_path / "my_conf"), "dataset=mine", "--cfg", "job")
+    assert ok.code == 0, ok.err
+    assert "image_size: 16" in ok.out and "num_to_avg: 1" in ok.out   # the schema's default eval recipe
+    (folder / "mine.yaml").write_text(body.format(size="big"))
+    bad = cli("train", "--config-dir", str(tmp_path / "my_conf"), "dataset=mine", "--cfg", "job")
+    assert bad.code == 2 and bad.err.strip() == "energy-ood: error: dataset.image_size='big' must be a whole number >= 1"

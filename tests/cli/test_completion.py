@@ -36,6 +36,7 @@ def test_query_completes_the_command_then_its_keys(cli, monkeypatch):
     assert query("energy-ood finetune m_") == ["m_in=", "m_out="]
     assert query("energy-ood eval odin.", "fish") == ["odin.grid.", "odin.noise=", "odin.temperature=", "odin.tune="]
     assert "m_in=" not in query("energy-ood train m")           # train has no margins
+    assert query("energy-ood train s") == ["seed=", "sync_bn="]  # the config schemas are no config group
 
 
 @pytest.mark.smoke
