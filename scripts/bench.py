@@ -5,6 +5,7 @@ and both against the machine's measured matrix-product peak.
     python scripts/bench.py --full           # the issue's sizes: 3,072 training images, 16,000 eval images
     python scripts/bench.py --cifar          # CIFAR-sized: one 50,000-image epoch, 10,000 ID + 6 x 2,000 OOD (GPU)
     python scripts/bench.py --compile        # also measure torch.compile (opt-in `compile=true`)
+    python scripts/bench.py --int8           # also measure eval with precision=int8 (a CPU; no training row)
     python scripts/bench.py --quick          # tiny sizes: checks that the script works (used by the tests)
 
 The plain loop is how the paper's code runs: fp32 eager, a DataLoader over per-image torchvision transforms
@@ -44,6 +45,7 @@ from energy_cli.detectors import build_detectors  # noqa: E402
 from energy_cli.detectors.scoring import score_images  # noqa: E402
 from energy_cli.engine import probe  # noqa: E402
 from energy_cli.engine.fusion import fold_batchnorm  # noqa: E402
+from energy_cli.engine.quantize import quantize_int8  # noqa: E402
 from energy_cli.engine.loop import (  # noqa: E402
     LoopState,
     TrainSpec,
@@ -257,6 +259,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="our path's precision: auto | fp32 | bf16")
     p.add_argument("--compile", action="store_true", help="also measure our path with torch.compile")
+    p.add_argument("--int8", action="store_true", help="also measure eval with precision=int8 (CPU only)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny sizes, to check that the script runs")
     size.add_argument("--full", action="store_true", help="the issue's sizes: 24 training steps of 128, 16,000 "
@@ -328,18 +331,30 @@ def main(argv=None) -> None:
         rows.append({"path": label, "precision": runtime.precision, "channels_last": runtime.channels_last,
                      "eval_batch": runtime.eval_batch_size, "eval_img_s": ev, "train_img_s": tr})
         print(f"  {label}: eval {ev:.0f} img/s, train {tr:.0f} img/s", flush=True)
+    if args.int8 and not gpu:
+        runtime = variants[0][0]
+        runtime = Runtime(runtime.device, None, runtime.channels_last, False, False, runtime.eval_batch_size, int8=True)
+        norm = Normalizer(MEAN, STD)
+        calibration = (norm(images[i:i + 128], runtime.memory_format) for i in range(0, 512, 128))
+        model = quantize_int8(fresh(runtime, folded=True), calibration)
+        ev = ours_eval(model, images[:eval_images], runtime, runtime.eval_batch_size)
+        rows.append({"path": "ours int8 (eval only)", "precision": "int8", "channels_last": runtime.channels_last,
+                     "eval_batch": runtime.eval_batch_size, "eval_img_s": ev, "train_img_s": None})
+        print(f"  ours int8: eval {ev:.0f} img/s", flush=True)
 
     base = rows[0] if not args.skip_plain else None
     for r in rows:
         r["eval_speedup"] = r["eval_img_s"] / base["eval_img_s"] if base else None
-        r["train_speedup"] = r["train_img_s"] / base["train_img_s"] if base else None
+        trained = r["train_img_s"] is not None
+        r["train_speedup"] = r["train_img_s"] / base["train_img_s"] if base and trained else None
         r["eval_gflops"] = r["eval_img_s"] * fwd_gflop
-        r["train_gflops"] = r["train_img_s"] * train_gflop
+        r["train_gflops"] = r["train_img_s"] * train_gflop if trained else None
         r["peak_fp32_gflops"], r["peak_bf16_gflops"] = peak_fp32, peak_bf16
         for kind in ("eval", "train"):
-            r[f"{kind}_frac_fp32_peak"] = r[f"{kind}_gflops"] / peak_fp32
-            r[f"{kind}_frac_bf16_peak"] = r[f"{kind}_gflops"] / peak_bf16 if peak_bf16 else None
-        r["epoch_s_cifar10"] = CIFAR_TRAIN / r["train_img_s"]
+            gflops = r[f"{kind}_gflops"]
+            r[f"{kind}_frac_fp32_peak"] = gflops / peak_fp32 if gflops is not None else None
+            r[f"{kind}_frac_bf16_peak"] = gflops / peak_bf16 if peak_bf16 and gflops is not None else None
+        r["epoch_s_cifar10"] = CIFAR_TRAIN / r["train_img_s"] if trained else None
         r["full_eval_s"] = FULL_EVAL / r["eval_img_s"]
         r["device"] = str(device)
         r["threads"] = torch.get_num_threads()
@@ -356,9 +371,11 @@ def main(argv=None) -> None:
         bf = r["precision"] == "bf16" and peak_bf16
         peak_e = r["eval_frac_bf16_peak"] if bf else r["eval_frac_fp32_peak"]
         peak_t = r["train_frac_bf16_peak"] if bf else r["train_frac_fp32_peak"]
+        percent = (lambda v: None if v is None else 100 * v)
         print(f"{r['path']:<30}{r['precision']:>6}{r['eval_img_s']:>11.0f}{cell(r['eval_speedup'], 6, '.2f')}"
-              f"{100 * peak_e:>6.1f}%{r['train_img_s']:>12.0f}{cell(r['train_speedup'], 6, '.2f')}{100 * peak_t:>6.1f}%"
-              f"{r['epoch_s_cifar10']:>13.1f}{r['full_eval_s']:>12.2f}")
+              f"{cell(percent(peak_e), 6, '.1f')}%{cell(r['train_img_s'], 12, '.0f')}"
+              f"{cell(r['train_speedup'], 6, '.2f')}{cell(percent(peak_t), 6, '.1f')}%"
+              f"{cell(r['epoch_s_cifar10'], 13, '.1f')}{r['full_eval_s']:>12.2f}")
     print(f"\n%peak: the model's GFLOP/s over the measured matmul peak of its precision; x: against the plain loop. "
           f"epoch (50k) and full eval (10,000 ID + 6 x 2,000 OOD) are the measured rates at "
           f"{'these' if size == 'cifar' else 'the sizes above, scaled to those'} sizes.")

@@ -68,6 +68,37 @@ def test_bf16_eval_ranks_images_like_fp32(cli):
     assert np.all(gap[flipped] < 0.05 * spread), (flipped, gap[flipped], spread)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif("x86" not in torch.backends.quantized.supported_engines, reason="no x86 int8 kernels")
+def test_int8_eval_ranks_images_like_fp32_and_keeps_the_fp32_thresholds(cli):
+    """precision=int8 quantizes the trained model (activation ranges from 512 ID training images); its scores
+    move by the quantization error, and like bf16 the ranking must barely change: Spearman above 0.99 for the
+    logit scores, per OOD set |AUROC change| below the AUROC's sampling noise. Its thresholds stay in its own
+    run folder: the ones next to the checkpoint (used by `score`, which runs fp32) remain the fp32 eval's."""
+    common = ["progress=false", "threads=1"]
+    assert cli("train", *common, "precision=fp32", "hydra.run.dir=train").code == 0
+    runs, beside = {}, {}
+    for precision in ("fp32", "int8"):
+        result = cli("eval", "ckpt=train/checkpoint.pt", f"precision={precision}", "save_scores=true",
+                     "score=[msp,energy,knn]", *common, f"hydra.run.dir=eval_{precision}")
+        assert result.code == 0, result.err
+        runs[precision] = dict(np.load(f"eval_{precision}/scores.npz"))
+        beside[precision] = open("train/thresholds.json").read()
+    assert "calibrated on 512 ID training images" in result.err + result.out
+    assert beside["int8"] == beside["fp32"]
+    assert open("eval_int8/thresholds.json").read() != beside["fp32"]
+    a, b = runs["fp32"], runs["int8"]
+    sets = sorted({k.split("/")[0] for k in a} - {"id"})
+    for score in ("msp", "energy", "knn"):
+        s32 = np.concatenate([a[f"id/{score}"], *[a[f"{s}/{score}"] for s in sets]])
+        s8 = np.concatenate([b[f"id/{score}"], *[b[f"{s}/{score}"] for s in sets]])
+        assert spearmanr(s32, s8).statistic > 0.99, score
+        for s in sets:
+            n_id, n_ood = len(a[f"id/{score}"]), len(a[f"{s}/{score}"])
+            delta = abs(auroc(a[f"id/{score}"], a[f"{s}/{score}"]) - auroc(b[f"id/{score}"], b[f"{s}/{score}"]))
+            assert delta < _null_auroc_sd(n_id, n_ood), (score, s, delta)
+
+
 def test_logits_stay_fp32_under_bf16_autocast():
     torch.manual_seed(0)
     model = build_model({"name": "small_cnn"}, 10, 1).eval()
@@ -142,11 +173,16 @@ def test_threads_key(compose):
 
 
 def test_bench_script_quick(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900)
+    int8 = "x86" in torch.backends.quantized.supported_engines
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)]
+                          + (["--int8"] if int8 else []), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "bench.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    if int8:   # an eval-only row: its training cells stay empty
+        quantized = rows.pop()
+        assert quantized["path"] == "ours int8 (eval only)" and quantized["precision"] == "int8"
+        assert float(quantized["eval_img_s"]) > 0 and quantized["train_img_s"] == quantized["epoch_s_cifar10"] == ""
     assert [r["path"] for r in rows] == ["plain fp32 eager + DataLoader", "ours"]
     assert float(rows[0]["eval_speedup"]) == 1.0
     for r in rows:

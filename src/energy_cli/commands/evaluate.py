@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,19 @@ from energy_cli.commands.checkpoints import (
 from energy_cli.commands.outcome import Outcome, eval_headline
 from energy_cli.commands.tuning import tune_detectors
 from energy_cli.data import id_shape, load_id, load_ood_parts, resolve_ood_names
+from energy_cli.data.batches import Normalizer
 from energy_cli.data.images import ImageSet
 from energy_cli.detectors import EXTENDED_NAMES, build_detectors, resolve_score_names
 from energy_cli.detectors.base import Detector, FeatureFitDetector
 from energy_cli.detectors.scoring import score_images
-from energy_cli.engine.inference import accuracy, predict
+from energy_cli.engine.inference import accuracy, device_batches, predict
+from energy_cli.engine.quantize import CALIBRATION_IMAGES, quantize_int8
 from energy_cli.engine.runtime import Runtime, runtime_from_config
 from energy_cli.engine.seeding import mix_seed, seed_everything
 from energy_cli.errors import UserError
 from energy_cli.fileio import file_part
 from energy_cli.models import backbone_label
+from energy_cli.models.base import Classifier
 from energy_cli.ood.metrics import (
     METRIC_NAMES,
     acceptance_rate,
@@ -184,11 +188,13 @@ def metric_rows(scores: dict[str, dict[str, np.ndarray]], score_names: list[str]
 
 
 def store_thresholds(id_scores: dict[str, np.ndarray], temperatures: dict[str, float | None], header: dict[str, Any],
-                     run_dir: Path, ckpt_path: Path) -> dict[str, tuple[float, float]]:
+                     run_dir: Path, ckpt_path: Path, beside_checkpoint: bool = True) -> dict[str, tuple[float, float]]:
     """Per score, the threshold at 95% ID TPR on the ID test scores -> thresholds.json in the run folder and
     (merged under a lock with the entries of other evals of the same checkpoint bytes) next to the
     checkpoint; each entry records the sha256 of the checkpoint bytes (header["checkpoint_sha256"]) and the
-    temperature its score used (None for scores without one). Returns {score: (threshold, ID recall)}."""
+    temperature its score used (None for scores without one). Without `beside_checkpoint` (an int8 eval, whose
+    scores are not those of the fp32 model that `score` runs) only the run folder's copy is written. Returns
+    {score: (threshold, ID recall)}."""
     found = {name: threshold_at_tpr(values, TPR) for name, values in id_scores.items()}
     entries = {name: {"threshold": t, "id_tpr": r, "n_id": int(len(id_scores[name])),
                       "temperature": temperatures.get(name), "checkpoint_sha256": header["checkpoint_sha256"],
@@ -199,9 +205,12 @@ def store_thresholds(id_scores: dict[str, np.ndarray], temperatures: dict[str, f
     notes: list[str] = []
     beside = ckpt_path.parent / THRESHOLDS_FILE
     try:
-        notes = merge_beside_checkpoint(beside, document, header["checkpoint_sha256"])
-        if not (notes and notes[0].startswith("left ")):
-            where += f" and {display_path(beside)}"
+        if beside_checkpoint:
+            notes = merge_beside_checkpoint(beside, document, header["checkpoint_sha256"])
+            if not (notes and notes[0].startswith("left ")):
+                where += f" and {display_path(beside)}"
+        else:
+            where += " (not next to the checkpoint: these are the int8 model's)"
     except OSError as exc:
         where += f" (not next to the checkpoint: {exc.strerror or exc})"
     cells = ", ".join(f"{name} {t:.6g}" for name, (t, _) in found.items())
@@ -237,6 +246,19 @@ def extended_options(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return {name: dict(cfg[name]) for name in EXTENDED_NAMES if cfg.get(name) is not None}
 
 
+def int8_model(model: Classifier, train: ImageSet, normalizer: Normalizer, runtime: Runtime, seed: int) -> Classifier:
+    """precision=int8: the model quantized, its activation ranges calibrated on a seeded random draw of ID
+    training images (engine.quantize)."""
+    started = time.perf_counter()
+    count = min(len(train), CALIBRATION_IMAGES)
+    chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count]
+    batches = (x for x, _ in device_batches(train.images[chosen], normalizer, runtime, runtime.eval_batch_size))
+    quantized = quantize_int8(model, batches)
+    log.info(f"precision=int8: quantized the model, calibrated on {count} ID training images, in "
+             f"{time.perf_counter() - started:.1f}s")
+    return quantized
+
+
 def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     runtime = runtime_from_config(cfg)
     seed_everything(int(cfg.seed))
@@ -248,6 +270,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     temperature = float(cfg.temperature)
     shape = id_shape(cfg)
     train, test = load_id(cfg)
+    if runtime.int8:
+        model = int8_model(model, train, normalizer, runtime, int(cfg.seed))
     oods = {name: load_ood_parts(name, cfg, shape) for name in ood_names}   # every set first: a missing one fails fast
     log.info(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
              f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
@@ -285,7 +309,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     log.info(format_table(rows))
     header = {"checkpoint": str(path.resolve()), "checkpoint_sha256": ckpt[ckpt_io.DIGEST_KEY],
               "dataset": cfg.dataset.name, "backbone": backbone_label(ckpt["backbone"]), "stage": ckpt["stage"]}
-    thresholds = store_thresholds(scores["id"], temperatures, header, run_dir, path)
+    thresholds = store_thresholds(scores["id"], temperatures, header, run_dir, path, beside_checkpoint=not runtime.int8)
     if cfg.plots:
         title = f"{cfg.dataset.name} / {backbone_label(ckpt['backbone'])} / stage {ckpt['stage']}"
         pictures = draw_plots(run_dir, scores, score_names, ood_names, thresholds, title)

@@ -32,6 +32,23 @@ def check_backbone(cfg: DictConfig, names: list[str]) -> bool:
     return False
 
 
+# scores that perturb their inputs along gradients through the model, and the keys that switch that on
+GRADIENT_SCORES = {"odin": ("odin.noise", "odin.tune"), "mahalanobis": ("mahalanobis.noise", "mahalanobis.tune")}
+
+
+def check_int8(cfg: DictConfig, score_names: list[str]) -> None:
+    """precision=int8 quantizes a trained model for `eval`; its scores cannot take input gradients."""
+    if cfg.command != "eval":
+        raise UserError(f"precision=int8 is for eval (a trained model quantized for scoring); {cfg.command} runs in "
+                        "fp32 or bf16: precision=auto, fp32 or bf16")
+    for name in score_names:
+        noise, tune = GRADIENT_SCORES.get(name, (None, None))
+        if noise and (float(OmegaConf.select(cfg, noise)) > 0 or OmegaConf.select(cfg, tune)):
+            raise UserError(f"score={name} perturbs its inputs along gradients through the model, which the int8 "
+                            f"model does not give: set {noise}=0 (and {tune}=false), drop {name}, or use "
+                            "precision=fp32")
+
+
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Raise UserError for the first invalid value in `cfg` (the config of one command): first the names
     that pick code (dataset, backbone, outliers), then every key's rule, then the checks across keys.
@@ -72,6 +89,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if command == "eval":
         resolve_ood_names(cfg.ood, cfg.dataset)
         resolve_score_names(cfg.score)
+    if str(cfg.precision) == "int8":
+        check_int8(cfg, resolve_score_names(cfg.score) if command == "eval" else [])
     if command == "finetune" and cfg.loss.name == "energy":
         return {"margins": parse_margins(cfg.m_in, cfg.m_out)}
     return {}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from energy_cli.errors import UserError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 def check_device(name: object) -> str:

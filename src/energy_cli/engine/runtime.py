@@ -35,9 +35,12 @@ class Runtime:
     progress: bool = False
     compile: bool = False
     eval_batch_size: int = 256
+    int8: bool = False            # precision=int8: eval runs an int8-quantized model (engine.quantize), fp32 around it
 
     @property
     def precision(self) -> str:
+        if self.int8:
+            return "int8"
         return "fp32" if self.dtype is None else str(self.dtype).replace("torch.", "").replace("bfloat16", "bf16")
 
     @property
@@ -67,9 +70,9 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(name: str, device: torch.device, choices: Choices | None = None) -> torch.dtype | None:
     """auto -> bf16 where it is fast: on CUDA GPUs with bf16 support, and on CPUs where the probe (`choices`)
     measured bf16 clearly faster than fp32 (without `choices`: CPUs with AMX); fp32 elsewhere. fp32 | bf16 as
-    given."""
+    given; int8 computes in fp32 around its quantized model (no autocast)."""
     name = check_precision(name)
-    if name == "fp32":
+    if name in ("fp32", "int8"):
         return None
     if name == "bf16":
         return torch.bfloat16
@@ -133,11 +136,15 @@ def runtime_from_config(cfg: Any) -> Runtime:
     if device.type == "cpu":
         set_threads(cfg.threads, choices)
     dtype = resolve_precision(cfg.precision, device, choices)
+    int8 = str(cfg.precision) == "int8"
+    if int8 and device.type != "cpu":
+        raise UserError(f"precision=int8 runs on a CPU (PyTorch's x86 int8 kernels), not on {device}; add device=cpu, "
+                        "or use precision=bf16 on a GPU")
     return Runtime(device=device, dtype=dtype,
                    channels_last=resolve_channels_last(cfg.get("channels_last", "auto"), device, dtype, choices),
                    progress=progress_enabled(cfg.progress) and group.is_main,
                    compile=bool(cfg.compile),
-                   eval_batch_size=resolve_eval_batch_size(cfg.eval_batch_size, device, choices))
+                   eval_batch_size=resolve_eval_batch_size(cfg.eval_batch_size, device, choices), int8=int8)
 
 
 def resolve_eval_batch_size(value: Any, device: torch.device, choices: Choices | None = None) -> int:
