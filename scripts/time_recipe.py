@@ -82,7 +82,7 @@ def main() -> None:
     from energy_cli.commands.checkpoints import checkpoint_normalizer, load_model
     from energy_cli.data import folders
     from energy_cli.engine.inference import predict
-    from energy_cli.engine.runtime import runtime_from_config
+    from energy_cli.commands.settings import runtime_from_config
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -87,7 +87,7 @@ CASES = [
     (["train", "momentum=1"], "momentum=1 must be in [0, 1)"),
     (["train", "checkpoint_every_steps=-5"], "checkpoint_every_steps=-5 must be >= 0"),
     (["train", "overwrite=maybe"], "overwrite='maybe' must be true or false"),
-    (["train", "precision=fp16"], "precision=fp16 is not known; choose one of: auto, fp32, bf16"),
+    (["train", "precision=fp16"], "precision=fp16 is not known; choose one of: auto, fp32, bf16, int8"),
     (["train", "device=tpu"], "device=tpu is not known; choose one of: auto, cpu, cuda, cuda:N"),
     # names
     (["train", "dataset=mnist"], "dataset=mnist is not known; choose one of: cifar10, cifar100, digits"),

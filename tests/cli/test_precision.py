@@ -14,11 +14,11 @@ from scipy.stats import spearmanr
 
 from energy_cli.data.batches import Normalizer
 from energy_cli.engine.inference import predict
+from energy_cli.commands.settings import runtime_from_config
 from energy_cli.engine.runtime import (
     Runtime,
     is_compiled,
     prepare_model,
-    runtime_from_config,
 )
 from energy_cli.models import build_model
 from energy_cli.ood.metrics import auroc

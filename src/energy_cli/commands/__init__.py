@@ -8,6 +8,8 @@ import importlib
 import logging
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from energy_cli.commands.outcome import FINISHED, Finished, Outcome
 from energy_cli.commands.validate import validate
 from energy_cli.engine.ranks import from_env
@@ -54,9 +56,10 @@ def run_command(cfg) -> float | None:
     with lock:
         checked = validate(cfg)
         if cfg.command != "report":   # report reads no dataset (and must not import torch)
-            from energy_cli.data import prepare_dataset
+            from energy_cli.data import class_count
 
-            prepare_dataset(cfg)   # the one place dataset.num_classes=auto is resolved (from dataset=folder)
+            # the one place dataset.num_classes=auto is resolved (from dataset=folder's class folders)
+            cfg.dataset.num_classes = class_count(OmegaConf.to_container(cfg.dataset, resolve=True))
         refuse_to_overwrite(cfg, run_dir)
         module = importlib.import_module(COMMAND_MODULES[cfg.command])
         outcome = module.run(cfg, run_dir, **checked)

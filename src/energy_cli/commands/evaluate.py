@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from energy_cli.commands.settings import data_settings, runtime_from_config
 from energy_cli.commands.checkpoints import (
     STAGES,
     checkpoint_normalizer,
@@ -28,7 +29,7 @@ from energy_cli.commands.checkpoints import (
 )
 from energy_cli.commands.outcome import Outcome, eval_headline
 from energy_cli.commands.tuning import tune_detectors
-from energy_cli.data import id_shape, load_id, load_ood_parts, resolve_ood_names
+from energy_cli.data import load_id, load_ood_parts, resolve_ood_names
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.images import ImageSet
 from energy_cli.detectors import EXTENDED_NAMES, build_detectors, resolve_score_names
@@ -36,7 +37,7 @@ from energy_cli.detectors.base import Detector, FeatureFitDetector
 from energy_cli.detectors.scoring import score_images
 from energy_cli.engine.inference import accuracy, device_batches, predict
 from energy_cli.engine.quantize import CALIBRATION_IMAGES, quantize_int8
-from energy_cli.engine.runtime import Runtime, runtime_from_config
+from energy_cli.engine.runtime import Runtime
 from energy_cli.engine.seeding import mix_seed, seed_everything
 from energy_cli.errors import UserError
 from energy_cli.fileio import file_part
@@ -268,11 +269,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     model, ckpt = load_model(path, cfg, runtime, for_inference=True)
     normalizer = checkpoint_normalizer(ckpt)
     temperature = float(cfg.temperature)
-    shape = id_shape(cfg)
-    train, test = load_id(cfg)
+    data = data_settings(cfg)
+    shape = data.shape
+    train, test = load_id(data)
     if runtime.int8:
         model = int8_model(model, train, normalizer, runtime, int(cfg.seed))
-    oods = {name: load_ood_parts(name, cfg, shape) for name in ood_names}   # every set first: a missing one fails fast
+    oods = {name: load_ood_parts(name, data, shape) for name in ood_names}   # every set first: a missing one fails fast
     log.info(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
              f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
 

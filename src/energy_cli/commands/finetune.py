@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from energy_cli.commands.settings import data_settings, runtime_from_config
 from energy_cli.commands.checkpoints import (
     checkpoint_normalizer,
     find_checkpoint,
@@ -23,7 +24,7 @@ from energy_cli.commands.outcome import Outcome
 from energy_cli.commands.training import train_and_save
 from energy_cli.commands.tuning import validation_sets
 from energy_cli.config.values import Margins
-from energy_cli.data import id_shape, load_id, load_outliers, resolve_ood_names
+from energy_cli.data import load_id, load_outliers, resolve_ood_names
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.images import ImageSet
 from energy_cli.detectors.logit import LogitDetector
@@ -31,7 +32,7 @@ from energy_cli.detectors.scoring import score_images
 from energy_cli.engine import distributed
 from energy_cli.engine.inference import measure_energies
 from energy_cli.engine.loop import TrainSpec
-from energy_cli.engine.runtime import Runtime, runtime_from_config
+from energy_cli.engine.runtime import Runtime
 from energy_cli.engine.seeding import mix_seed, seed_everything
 from energy_cli.errors import UserError
 from energy_cli.fileio import atomic_write_bytes
@@ -85,7 +86,7 @@ def validation_energy_fpr95(cfg: DictConfig, checkpoint: Path, train: ImageSet, 
     normalizer = checkpoint_normalizer(ckpt)
     energy = [LogitDetector("energy", float(cfg.temperature))]
     batch = runtime.eval_batch_size
-    sets = validation_sets(cfg, train, id_shape(cfg), resolve_ood_names(None, cfg.dataset))
+    sets = validation_sets(cfg, train, data_settings(cfg).shape, resolve_ood_names(None, cfg.dataset))
     id_scores = score_images(model, test.images, energy, normalizer, runtime, batch)[1]["energy"].numpy()
     fprs = {s.name: 100 * fpr_at_tpr(id_scores, score_images(model, s.images, energy, normalizer, runtime,
                                                              batch)[1]["energy"].numpy()) for s in sets}
@@ -106,8 +107,9 @@ def run(cfg: DictConfig, run_dir: Path, margins: Margins | None) -> Outcome:
         start = Path(resumed["extra"]["init_checkpoint"])
         model, ckpt = model_from_checkpoint(resumed, cfg, Path(str(cfg.resume)), runtime), resumed
     normalizer = checkpoint_normalizer(ckpt)
-    train, test = load_id(cfg)
-    outliers = load_outliers(cfg, id_shape(cfg))
+    data = data_settings(cfg)
+    train, test = load_id(data)
+    outliers = load_outliers(data, data.shape)
     name, weight, temperature = str(cfg.loss.name), float(cfg.loss.weight), float(cfg.temperature)
     extra: dict[str, Any] = {"init_checkpoint": str(start.resolve()), "loss": name, "loss_weight": weight,
                              "temperature": temperature, "outliers": outliers.name}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from energy_cli.commands.settings import runtime_from_config
 from energy_cli.commands.checkpoints import (
     STAGES,
     checkpoint_normalizer,
@@ -22,7 +23,6 @@ from energy_cli.commands.checkpoints import (
 from energy_cli.config.overrides import as_list
 from energy_cli.data.files import expand_paths, load_image_files
 from energy_cli.engine.inference import predict
-from energy_cli.engine.runtime import runtime_from_config
 from energy_cli.engine.seeding import seed_everything
 from energy_cli.errors import UserError
 from energy_cli.ood.scores import energy_score, msp_score

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from energy_cli.commands.settings import data_settings, runtime_from_config
 from energy_cli.commands.outcome import Outcome
 from energy_cli.commands.training import train_and_save
 from energy_cli.data import load_id, normalizer_stats
 from energy_cli.data.batches import Normalizer
 from energy_cli.engine.loop import TrainSpec
-from energy_cli.engine.runtime import runtime_from_config
 from energy_cli.engine.seeding import seed_everything
 from energy_cli.models import backbone_label, build_model
 from energy_cli.ood.losses import cross_entropy
@@ -25,11 +25,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     resumed = resume.load_for_resume(cfg)
     runtime = runtime_from_config(cfg)
     seed_everything(int(cfg.seed))
-    train, test = load_id(cfg)
+    data = data_settings(cfg)
+    train, test = load_id(data)
     if resumed is not None:   # a resumed run keeps the normalisation it started with (measured or given)
         normalizer = Normalizer(resumed["mean"], resumed["std"])
     else:
-        mean, std, how = normalizer_stats(cfg, train)
+        mean, std, how = normalizer_stats(data, train)
         normalizer = Normalizer(mean, std)
         if how != "given":
             log.info(f"normalisation {how}: mean {[round(m, 4) for m in mean]}, std {[round(s, 4) for s in std]} "

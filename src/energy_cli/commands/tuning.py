@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from energy_cli.config.overrides import as_list
+from energy_cli.commands.settings import data_settings
 from energy_cli.data import canonical_ood_name, load_ood
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.images import ImageSet
@@ -73,7 +74,7 @@ def validation_sets(cfg: DictConfig, train: ImageSet, shape: tuple[int, int, int
         if name in test_names:
             raise UserError(f"validation_ood names {name}, one of this run's OOD test sets; tune on other data "
                             f"(synthetic, or folder:PATH of held-out images)")
-        ood = load_ood(name, cfg, shape)
+        ood = load_ood(name, data_settings(cfg), shape)
         sets.append(ImageSet(f"val_{name}", ood.images[:n]))
     if not sets:
         raise UserError("validation_ood is empty; use [synthetic] or name a folder: validation_ood=[folder:PATH]")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
@@ -133,11 +134,13 @@ def _decoded(split: Split, name: str, shape: tuple[int, int, int], cache_dir: ob
     return images
 
 
-def load(cfg, progress: bool = False, cuda_device: torch.device | None = None) -> tuple[ImageSet, ImageSet]:
-    """(train, test) of dataset=folder: in memory, or streamed from disk (LazyImages) as dataset.stream decides."""
-    d = cfg.dataset
+def load(dataset: Mapping[str, Any], cache_dir: str | None = None, progress: bool = False,
+         cuda_device: torch.device | None = None) -> tuple[ImageSet, ImageSet]:
+    """(train, test) of dataset=folder (the dataset's keys: path, channels, image_size, stream, workers): in
+    memory (decoded once, cached under `cache_dir`), or streamed from disk (LazyImages) as `stream` decides."""
+    d = dataset
     data = scan(d.get("path"))
-    shape = (int(d.channels), int(d.image_size), int(d.image_size))
+    shape = (int(d["channels"]), int(d["image_size"]), int(d["image_size"]))
     n = len(data.train.paths) + len(data.test.paths)
     available, where = available_memory(cuda_device)
     stream, why = choose_stream(d.get("stream", "auto"), n * shape[0] * shape[1] * shape[2], available, where)
@@ -152,6 +155,6 @@ def load(cfg, progress: bool = False, cuda_device: torch.device | None = None) -
         sets = [LazyImages(s.paths, shape, workers, pin) for s in (data.train, data.test)]
         return ImageSet("folder", sets[0], labels[0]), ImageSet("folder", sets[1], labels[1])  # type: ignore[arg-type]
     base = f"dataset-{data.root.resolve().name}"
-    images = [_decoded(s, f"{base}-{split}", shape, cfg.get("cache_dir"), progress)
+    images = [_decoded(s, f"{base}-{split}", shape, cache_dir, progress)
               for s, split in ((data.train, "train"), (data.test, "test"))]
     return ImageSet("folder", images[0], labels[0]), ImageSet("folder", images[1], labels[1])

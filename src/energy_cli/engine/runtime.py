@@ -14,9 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from energy_cli.config.logs import progress_enabled
 from energy_cli.config.values import check_device, check_precision
-from energy_cli.engine import distributed, probe
 from energy_cli.engine.probe import Choices, cpu_has_fast_bf16
 from energy_cli.errors import UserError
 
@@ -26,8 +24,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Runtime:
     """The compute device, the autocast dtype (None = fp32) and the memory format of image batches. A command
-    builds it from its config with `runtime_from_config` (config/schema.py declares the keys and defaults); the
-    defaults here serve code that builds one by hand (tests, scripts): no progress bars."""
+    builds it from its config (commands/settings.py: runtime_from_config); the defaults here serve code that
+    builds one by hand (tests, scripts): no progress bars."""
 
     device: torch.device
     dtype: torch.dtype | None = None
@@ -116,35 +114,6 @@ def set_threads(threads: Any, choices: Choices | None = None) -> int:
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
     return n
-
-
-def machine_choices_for(cfg: Any, device: torch.device) -> Choices:
-    """The probe's choices for this machine (cached per machine; fixed rules with probe=off or on a GPU)."""
-    threads = int(cfg.get("threads", "auto")) if str(cfg.get("threads", "auto")) != "auto" else default_threads()
-    return probe.machine_choices(threads, probe.mode_from(cfg.get("probe")), device)
-
-
-def runtime_from_config(cfg: Any) -> Runtime:
-    """The Runtime a config asks for; every `auto` follows what is fast on this machine (engine.probe). Under
-    torchrun each process computes on the GPU of its local rank and only rank 0 draws progress bars."""
-
-    group = distributed.current()
-    device = resolve_device(cfg.device)
-    if group.enabled and device.type == "cuda":
-        device = torch.device("cuda", group.local_rank)
-    choices = machine_choices_for(cfg, device)
-    if device.type == "cpu":
-        set_threads(cfg.threads, choices)
-    dtype = resolve_precision(cfg.precision, device, choices)
-    int8 = str(cfg.precision) == "int8"
-    if int8 and device.type != "cpu":
-        raise UserError(f"precision=int8 runs on a CPU (PyTorch's x86 int8 kernels), not on {device}; add device=cpu, "
-                        "or use precision=bf16 on a GPU")
-    return Runtime(device=device, dtype=dtype,
-                   channels_last=resolve_channels_last(cfg.get("channels_last", "auto"), device, dtype, choices),
-                   progress=progress_enabled(cfg.progress) and group.is_main,
-                   compile=bool(cfg.compile),
-                   eval_batch_size=resolve_eval_batch_size(cfg.eval_batch_size, device, choices), int8=int8)
 
 
 def resolve_eval_batch_size(value: Any, device: torch.device, choices: Choices | None = None) -> int:

@@ -106,9 +106,9 @@ def composed_config(command: str, args: Sequence[str]) -> dict[str, Any]:
     args = [a for a in args if not key_of(a).startswith("hydra.") and key_of(a) != "resume"]
     cfg = compose_config(command, args)
     if OmegaConf.select(cfg, "dataset.name") == "folder":   # its num_classes=auto is counted, as in the run
-        from energy_cli.data import prepare_dataset
+        from energy_cli.data import class_count
 
-        prepare_dataset(cfg)
+        cfg.dataset.num_classes = class_count(OmegaConf.to_container(cfg.dataset, resolve=True))
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 

@@ -28,7 +28,7 @@ def test_device_and_precision_have_one_wording():
         with pytest.raises(UserError, match=rf"^device={bad} is not known; choose one of: auto, cpu, cuda, cuda:N$"):
             check_device(bad)
     assert check_precision("bf16") == "bf16"
-    with pytest.raises(UserError, match=r"^precision=fp16 is not known; choose one of: auto, fp32, bf16$"):
+    with pytest.raises(UserError, match=r"^precision=fp16 is not known; choose one of: auto, fp32, bf16, int8$"):
         check_precision("fp16")
 
 

@@ -9,20 +9,24 @@ import numpy as np
 import pytest
 import torch
 from folderdata import CLASSES, make_folder, write_png
-from omegaconf import OmegaConf
 
-from energy_cli.data import folder_dataset, folders, normalizer_stats, prepare_dataset, streams
+from energy_cli.data import class_count, folder_dataset, folders, normalizer_stats, streams
 from energy_cli.data.images import ImageSet
+from energy_cli.data.settings import DataSettings
 from energy_cli.data.validation import synthetic_validation_sets
 from energy_cli.errors import UserError
 
 SHAPE = (3, 16, 16)
 
 
-def config(path, **dataset):
+def config(path, cache_dir=None, **dataset) -> DataSettings:
     d = {"name": "folder", "path": str(path), "num_classes": "auto", "channels": 3, "image_size": 16,
          "mean": "auto", "std": "auto", "stream": "auto", "workers": 0, **dataset}
-    return OmegaConf.create({"dataset": d, "seed": 0, "cache_dir": None, "progress": False, "device": "cpu"})
+    return DataSettings(dataset=d, cache_dir=cache_dir, device="cpu")
+
+
+def load(settings: DataSettings):
+    return folder_dataset.load(settings.dataset, settings.cache_dir, settings.progress)
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +53,14 @@ def test_test_may_hold_a_subset_of_the_training_classes(tmp_path):
     assert set(data.test.labels) == {1, 2}   # dog, emu keep their training labels
 
 
-def test_prepare_dataset_counts_the_classes_once(tree):
-    cfg = config(tree)
-    prepare_dataset(cfg)
-    assert cfg.dataset.num_classes == 3
+def test_class_count_counts_the_class_folders(tree):
+    assert class_count(config(tree).dataset) == 3
+    assert class_count(config(tree, num_classes=3).dataset) == 3
     with pytest.raises(UserError, match="holds 3 class folders"):
-        prepare_dataset(config(tree, num_classes=5))
+        class_count(config(tree, num_classes=5).dataset)
+    assert class_count({"name": "digits", "num_classes": 10}) == 10
+    with pytest.raises(UserError, match="only dataset=folder counts its classes"):
+        class_count({"name": "digits", "num_classes": "auto"})
 
 
 def _break(kind, root):
@@ -109,15 +115,15 @@ def test_an_unreadable_file_among_good_ones_is_an_error_in_memory(tmp_path):
     root = make_folder(tmp_path / "d", n_train=3, n_test=1)
     (root / "train" / "dog" / "001.png").write_bytes(b"broken")
     with pytest.raises(UserError, match="1 of 9 files"):
-        folder_dataset.load(config(root, stream=False))
-    train, _ = folder_dataset.load(config(root, stream=True))
+        load(config(root, stream=False))
+    train, _ = load(config(root, stream=True))
     with pytest.raises(UserError, match="001.png"):
         train.images.load()
 
 
 def test_streamed_and_in_memory_sets_hold_the_same_images_and_labels(tree):
-    mem_train, mem_test = folder_dataset.load(config(tree, stream=False))
-    lazy_train, lazy_test = folder_dataset.load(config(tree, stream=True))
+    mem_train, mem_test = load(config(tree, stream=False))
+    lazy_train, lazy_test = load(config(tree, stream=True))
     assert not mem_train.streamed and lazy_train.streamed
     for mem, lazy in ((mem_train, lazy_train), (mem_test, lazy_test)):
         assert lazy.images.shape == mem.images.shape and lazy.shape == mem.shape
@@ -133,14 +139,14 @@ def test_streamed_and_in_memory_sets_hold_the_same_images_and_labels(tree):
 
 
 def test_workers_decode_the_same_images(tree):
-    mem, _ = folder_dataset.load(config(tree, stream=False))
-    lazy, _ = folder_dataset.load(config(tree, stream=True, workers=2))
+    mem, _ = load(config(tree, stream=False))
+    lazy, _ = load(config(tree, stream=True, workers=2))
     assert lazy.images.workers == 2
     assert torch.equal(torch.cat(list(lazy.images.range_batches(5))), mem.images)
 
 
 def test_streaming_leaves_the_global_rng_alone(tree):
-    lazy, _ = folder_dataset.load(config(tree, stream=True))
+    lazy, _ = load(config(tree, stream=True))
     torch.manual_seed(3)
     expected = torch.rand(3)
     torch.manual_seed(3)
@@ -149,12 +155,11 @@ def test_streaming_leaves_the_global_rng_alone(tree):
 
 
 def test_in_memory_sets_are_cached(tree, tmp_path, monkeypatch):
-    cfg = config(tree, stream=False)
-    cfg.cache_dir = str(tmp_path / "cache")
-    first, _ = folder_dataset.load(cfg)
+    cfg = config(tree, stream=False, cache_dir=str(tmp_path / "cache"))
+    first, _ = load(cfg)
     assert len(list((tmp_path / "cache").glob("dataset-data-train-3x16x16-*.npy"))) == 1
     monkeypatch.setattr(folders, "decode_all", lambda *a, **k: pytest.fail("decoded again"))
-    again, _ = folder_dataset.load(cfg)
+    again, _ = load(cfg)
     assert torch.equal(again.images, first.images)
 
 
@@ -164,8 +169,8 @@ def numpy_stats(images: np.ndarray):
 
 
 def test_measured_mean_and_std_match_numpy(tree):
-    mem, _ = folder_dataset.load(config(tree, stream=False))
-    lazy, _ = folder_dataset.load(config(tree, stream=True))
+    mem, _ = load(config(tree, stream=False))
+    lazy, _ = load(config(tree, stream=True))
     want_mean, want_std = numpy_stats(mem.images.numpy())
     for images in (mem.images, lazy.images):
         mean, std = streams.channel_stats(images, seed=0)
@@ -178,8 +183,8 @@ def test_measured_mean_and_std_match_numpy(tree):
 
 
 def test_stats_of_a_large_set_use_a_seeded_subset_the_same_on_both_paths(tree):
-    mem, _ = folder_dataset.load(config(tree, stream=False))
-    lazy, _ = folder_dataset.load(config(tree, stream=True))
+    mem, _ = load(config(tree, stream=False))
+    lazy, _ = load(config(tree, stream=True))
     a = streams.channel_stats(mem.images, seed=7, limit=5)
     b = streams.channel_stats(lazy.images, seed=7, limit=5)
     assert a == b
@@ -194,10 +199,10 @@ def test_stream_auto_decides_by_the_share_of_available_memory(tree, monkeypatch,
     n_bytes = 24 * 3 * 16 * 16
     caplog.set_level("INFO")
     monkeypatch.setattr(folder_dataset, "available_memory", lambda device=None: (n_bytes, "host memory available"))
-    train, _ = folder_dataset.load(config(tree))
+    train, _ = load(config(tree))
     assert train.streamed and "streaming from disk (stream=auto" in caplog.text
     monkeypatch.setattr(folder_dataset, "available_memory", lambda device=None: (3 * n_bytes, "host memory available"))
-    train, _ = folder_dataset.load(config(tree))
+    train, _ = load(config(tree))
     assert not train.streamed
 
 
@@ -208,17 +213,17 @@ def test_available_memory_reads_a_positive_figure():
 
 def test_fingerprint_follows_the_files(tmp_path):
     root = make_folder(tmp_path / "d", n_train=2, n_test=1)
-    lazy, _ = folder_dataset.load(config(root, stream=True))
+    lazy, _ = load(config(root, stream=True))
     before = lazy.images.fingerprint()
-    assert folder_dataset.load(config(root, stream=True))[0].images.fingerprint() == before
+    assert load(config(root, stream=True))[0].images.fingerprint() == before
     p = lazy.images.paths[0]
     os.utime(p, ns=(0, 12345))
     assert lazy.images.fingerprint() != before
 
 
 def test_synthetic_validation_sets_from_a_streamed_set_equal_the_in_memory_ones(tree):
-    mem, _ = folder_dataset.load(config(tree, stream=False))
-    lazy, _ = folder_dataset.load(config(tree, stream=True))
+    mem, _ = load(config(tree, stream=False))
+    lazy, _ = load(config(tree, stream=True))
     for a, b in zip(synthetic_validation_sets(mem, 7, 1), synthetic_validation_sets(lazy, 7, 1)):
         assert a.name == b.name and torch.equal(a.images, b.images)
 
@@ -231,8 +236,8 @@ def test_inference_takes_a_streamed_set(tree):
     from energy_cli.engine.runtime import Runtime
     from energy_cli.models import build_model
 
-    mem, _ = folder_dataset.load(config(tree, stream=False))
-    lazy, _ = folder_dataset.load(config(tree, stream=True))
+    mem, _ = load(config(tree, stream=False))
+    lazy, _ = load(config(tree, stream=True))
     torch.manual_seed(0)
     model = build_model({"name": "small_cnn", "width": 8, "dropout": 0.0}, 3, 3).eval()
     norm, runtime = Normalizer([0.5] * 3, [0.25] * 3), Runtime(torch.device("cpu"), None)

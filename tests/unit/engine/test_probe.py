@@ -13,11 +13,11 @@ from energy_cli.engine.probe import (
     choose_threads,
     decide,
 )
+from energy_cli.commands.settings import runtime_from_config
 from energy_cli.engine.runtime import (
     resolve_channels_last,
     resolve_eval_batch_size,
     resolve_precision,
-    runtime_from_config,
 )
 
 CPU = torch.device("cpu")

@@ -8,7 +8,6 @@ import copy
 import pytest
 import torch
 from folderdata import make_folder
-from omegaconf import OmegaConf
 
 from energy_cli.data import folder_dataset
 from energy_cli.data.batches import Normalizer
@@ -23,10 +22,9 @@ def sets(tmp_path_factory):
     root = make_folder(tmp_path_factory.mktemp("fit") / "data", n_train=7, n_test=2)
 
     def load(stream):
-        cfg = OmegaConf.create({"dataset": {"name": "folder", "path": str(root), "channels": 3, "image_size": 12,
-                                            "stream": stream, "workers": 0},
-                                "cache_dir": None, "progress": False, "device": "cpu"})
-        return folder_dataset.load(cfg)
+        dataset = {"name": "folder", "path": str(root), "channels": 3, "image_size": 12, "stream": stream,
+                   "workers": 0}
+        return folder_dataset.load(dataset, cache_dir=None)
 
     return load(False), load(True)
 
