@@ -19,6 +19,7 @@ the GPU supports it, channels_last, eval batches of 1,024.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -29,6 +30,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 PROBE_VERSION = 1
 MARGIN = 1.05        # a candidate must be at least 5% faster than the default to replace it
@@ -295,6 +298,10 @@ def mode_from(value: object = None) -> str:
     return {"false": "off", "true": "auto", "0": "off", "1": "auto"}.get(mode, mode)
 
 
+# answers measured on a busy machine: kept for this process only (machine key -> choices)
+_UNSAVED: dict[str, Choices] = {}
+
+
 def machine_choices(threads: int, mode: str = "auto", device: torch.device | None = None) -> Choices:
     """The choices for a CPU run with `threads` threads: from the cache, else (and with mode=refresh) measured
     now and cached; with mode=off (or on a GPU) the fixed rules."""
@@ -308,6 +315,34 @@ def machine_choices(threads: int, mode: str = "auto", device: torch.device | Non
                            source="cache")
         except TypeError:
             pass   # an entry of another shape: measure again
+    if key in _UNSAVED and mode != "refresh":
+        return _UNSAVED[key]
     choices = decide(measure(threads, physical_cores()), threads)
+    load, cpus = load_average(), usable_cpus()
+    if not is_quiet(load, cpus):
+        log.info(f"note: this machine is busy (load {load:.1f} on {cpus} CPUs): the speed probe's answer is used "
+                 "by this process only and not cached; a later run on a quiet machine measures again")
+        _UNSAVED[key] = choices
+        return choices
     write_cache_entry(key, {**asdict(choices), "measured": time.strftime("%Y-%m-%d %H:%M:%S")})
     return choices
+
+
+def is_quiet(load: float | None, cpus: int) -> bool:
+    """A measurement worth keeping: fewer runnable threads, averaged over the last minute, than the machine has
+    CPUs (other work competing for the cores slows every candidate unevenly, and an answer measured then would
+    stay in the cache). Unknown load (no os.getloadavg) counts as quiet."""
+    return load is None or load < cpus
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable threads), or None where the OS does not report it."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def usable_cpus() -> int:
+    """The machine's CPUs (the load average counts the whole machine's runnable threads too)."""
+    return os.cpu_count() or 1

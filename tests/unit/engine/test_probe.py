@@ -83,8 +83,30 @@ def counted_measure(monkeypatch):
         return timings(contiguous=10, channels_last=5, bf16=40, per_image={64: 1.0, 128: 0.8, 256: 0.9})
 
     monkeypatch.setattr(probe, "measure", fake)
+    monkeypatch.setattr(probe, "load_average", lambda: 0.2)   # a quiet machine, whatever the test suite is doing
+    monkeypatch.setattr(probe, "_UNSAVED", {})
     monkeypatch.delenv("ENERGY_OOD_PROBE", raising=False)
     return calls
+
+
+def test_a_busy_machine_is_measured_but_its_answer_not_cached(tmp_path, monkeypatch, counted_measure, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(probe, "load_average", lambda: 2.5)
+    monkeypatch.setattr(probe, "usable_cpus", lambda: 2)
+    with caplog.at_level("INFO", logger="energy_cli.engine.probe"):
+        assert probe.machine_choices(2).source == "probe"
+    assert "this machine is busy (load 2.5 on 2 CPUs)" in caplog.text
+    assert not (tmp_path / "energy-ood" / "probe.json").exists()
+    assert probe.machine_choices(2).source == "probe" and counted_measure == [2]   # this process keeps its answer
+    probe._UNSAVED.clear()                                                          # as in a later process:
+    monkeypatch.setattr(probe, "load_average", lambda: 0.4)
+    assert probe.machine_choices(2).source == "probe" and counted_measure == [2, 2]  # measured again, quiet now
+    assert probe.machine_choices(2).source == "cache" and counted_measure == [2, 2]
+
+
+def test_quiet_means_fewer_runnable_threads_than_cpus():
+    assert probe.is_quiet(0.9, 2) and probe.is_quiet(None, 2)
+    assert not probe.is_quiet(2.0, 2) and not probe.is_quiet(5.3, 4)
 
 
 def test_measured_once_per_machine_and_cached_in_the_user_cache_folder(tmp_path, monkeypatch, counted_measure):
