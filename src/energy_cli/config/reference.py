@@ -75,7 +75,7 @@ def _rows(kind: type, prefix: str) -> list[str]:
     for item in _own_fields(kind):
         name = f"{prefix}{item.name}"
         if isinstance(item.default_factory, type) and dataclasses.is_dataclass(item.default_factory):
-            for sub_name, sub in schema._fields(item.default_factory, f"{name}."):  # noqa: SLF001
+            for sub_name, sub in schema.fields_of(item.default_factory, f"{name}."):
                 rows.append(_row(sub_name, sub))
         else:
             rows.append(_row(name, item))

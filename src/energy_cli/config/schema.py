@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from energy_cli.config import rules
 from energy_cli.config.rules import Rule
+from energy_cli.errors import UserError
 
 
 def key(default: Any = MISSING, rule: Rule = rules.any_value, help: str = "") -> Any:  # noqa: A002
@@ -390,23 +391,28 @@ def register() -> None:
 
 # --------------------------------------------------------------------------- rules, by dotted key
 
-def _fields(kind: type, prefix: str) -> Iterator[tuple[str, dataclasses.Field]]:
+def schemas() -> list[tuple[type, str]]:
+    """Every schema with the dotted prefix of its keys: the commands' ("") and the groups' ("dataset.", ...)."""
+    return [(kind, "") for kind in COMMANDS.values()] + [
+        (kind, f"{group_name}.") for group_name, kinds in GROUPS.items() for kind in kinds.values()]
+
+
+def fields_of(kind: type, prefix: str) -> Iterator[tuple[str, dataclasses.Field]]:
+    """(dotted key, field) of each key of a schema, nested groups of keys flattened, config groups left out."""
     for item in dataclasses.fields(kind):
         name = f"{prefix}{item.name}"
         if item.metadata.get("group"):
             continue
         if isinstance(item.default_factory, type) and dataclasses.is_dataclass(item.default_factory):
-            yield from _fields(item.default_factory, f"{name}.")
+            yield from fields_of(item.default_factory, f"{name}.")
         else:
             yield name, item
 
 
 def _collect_rules() -> dict[str, Rule]:
     found: dict[str, Rule] = {}
-    schemas = [(kind, "") for kind in COMMANDS.values()]
-    schemas += [(kind, f"{group_name}.") for group_name, kinds in GROUPS.items() for kind in kinds.values()]
-    for kind, prefix in schemas:
-        for name, item in _fields(kind, prefix):
+    for kind, prefix in schemas():
+        for name, item in fields_of(kind, prefix):
             rule = item.metadata["rule"]
             if found.setdefault(name, rule) is not rule:
                 raise TypeError(f"config key {name} has two different rules in config/schema.py")
@@ -424,9 +430,8 @@ def rule_for(key_name: str) -> Rule | None:
 
 def help_for(key_name: str) -> str:
     """The one-line help of a dotted key ('' if it has none)."""
-    for kind, prefix in [(k, "") for k in COMMANDS.values()] + [
-            (k, f"{g}.") for g, kinds in GROUPS.items() for k in kinds.values()]:
-        for name, item in _fields(kind, prefix):
+    for kind, prefix in schemas():
+        for name, item in fields_of(kind, prefix):
             if name == key_name and item.metadata.get("help"):
                 return str(item.metadata["help"])
     return ""
@@ -462,13 +467,12 @@ def type_error_line(exc: BaseException) -> str | None:
     if "[" in full_key:   # one element of a typed list (a tuning grid)
         return f"{full_key}={value!r} must be a finite number"
     probe = OmegaConf.create({})
-    dotted = full_key.split("[", 1)[0]
     try:
-        OmegaConf.update(probe, dotted, value, merge=False)
-        rule(probe, dotted)
-    except rules.UserError as error:
+        OmegaConf.update(probe, full_key, value, merge=False)
+        rule(probe, full_key)
+    except UserError as error:
         return str(error)
     except Exception:  # noqa: BLE001 - a value the rule cannot even look at: say what the key takes
         pass
-    wanted = help_for(dotted)
-    return f"{dotted}={value!r} is not a valid value" + (f" ({wanted})" if wanted else "")
+    wanted = help_for(full_key)
+    return f"{full_key}={value!r} is not a valid value" + (f" ({wanted})" if wanted else "")

@@ -120,11 +120,9 @@ def test_the_schema_types_every_value_while_composing(composed):
 
 
 def test_every_schema_key_has_help_text():
-    from energy_cli.config.schema import COMMANDS, GROUPS, _fields
+    from energy_cli.config.schema import fields_of, schemas
 
-    kinds = [(kind, "") for kind in COMMANDS.values()] + [
-        (kind, f"{group}.") for group, options in GROUPS.items() for kind in options.values()]
-    undocumented = {name for kind, prefix in kinds for name, item in _fields(kind, prefix)
+    undocumented = {name for kind, prefix in schemas() for name, item in fields_of(kind, prefix)
                     if not item.metadata.get("help") and not name.endswith("command")}
     assert not undocumented, sorted(undocumented)
 
