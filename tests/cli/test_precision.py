@@ -1,20 +1,24 @@
 """The fast paths change speed, not results: bf16 vs fp32, channels_last, compile fallback, threads, bench script."""
 
 import csv
+import json
 import logging
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from PIL import Image
 from scipy.stats import spearmanr
+from sklearn.datasets import load_digits
 
+from energy_cli.commands.settings import runtime_from_config
 from energy_cli.data.batches import Normalizer
 from energy_cli.engine.inference import predict
-from energy_cli.commands.settings import runtime_from_config
 from energy_cli.engine.runtime import (
     Runtime,
     is_compiled,
@@ -70,11 +74,12 @@ def test_bf16_eval_ranks_images_like_fp32(cli):
 
 @pytest.mark.slow
 @pytest.mark.skipif("x86" not in torch.backends.quantized.supported_engines, reason="no x86 int8 kernels")
-def test_int8_eval_ranks_images_like_fp32_and_keeps_the_fp32_thresholds(cli):
+def test_int8_eval_ranks_images_like_fp32_and_score_uses_its_own_thresholds(cli):
     """precision=int8 quantizes the trained model (activation ranges from 512 ID training images); its scores
     move by the quantization error, and like bf16 the ranking must barely change: Spearman above 0.99 for the
-    logit scores, per OOD set |AUROC change| below the AUROC's sampling noise. Its thresholds stay in its own
-    run folder: the ones next to the checkpoint (used by `score`, which runs fp32) remain the fp32 eval's."""
+    logit scores, per OOD set |AUROC change| below the AUROC's sampling noise. Its thresholds go to
+    thresholds_int8.json next to the checkpoint, which `score precision=int8` reads; thresholds.json stays the
+    fp32 eval's."""
     common = ["progress=false", "threads=1"]
     assert cli("train", *common, "precision=fp32", "hydra.run.dir=train").code == 0
     runs, beside = {}, {}
@@ -85,8 +90,22 @@ def test_int8_eval_ranks_images_like_fp32_and_keeps_the_fp32_thresholds(cli):
         runs[precision] = dict(np.load(f"eval_{precision}/scores.npz"))
         beside[precision] = open("train/thresholds.json").read()
     assert "calibrated on 512 ID training images" in result.err + result.out
-    assert beside["int8"] == beside["fp32"]
-    assert open("eval_int8/thresholds.json").read() != beside["fp32"]
+    assert beside["int8"] == beside["fp32"]   # thresholds.json next to the checkpoint stays the fp32 eval's
+    int8_thresholds = json.loads(open("train/thresholds_int8.json").read())
+    assert int8_thresholds == json.loads(open("eval_int8/thresholds.json").read())
+    # score precision=int8 quantizes the same way and flags by the int8 eval's energy threshold
+    folder = Path("imgs")
+    folder.mkdir()
+    digits = load_digits().images
+    for i in range(6):
+        Image.fromarray((digits[i] * 255 / 16).astype(np.uint8)).save(folder / f"digit{i}.png")
+    scored = cli("score", "imgs", "ckpt=train/checkpoint.pt", "precision=int8", *common, "hydra.run.dir=score_int8")
+    assert scored.code == 0, scored.err
+    threshold = int8_thresholds["scores"]["energy"]["threshold"]
+    assert f"{threshold:.6g}" in scored.err + scored.out and "thresholds_int8.json" in scored.err + scored.out
+    with open("score_int8/scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and all(int(r["ood"]) == (float(r["energy_score"]) < threshold) for r in rows)
     a, b = runs["fp32"], runs["int8"]
     sets = sorted({k.split("/")[0] for k in a} - {"id"})
     for score in ("msp", "energy", "knn"):

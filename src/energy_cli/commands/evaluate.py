@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from energy_cli.commands.settings import data_settings, runtime_from_config
 from energy_cli.commands.checkpoints import (
     STAGES,
     checkpoint_normalizer,
@@ -28,6 +27,7 @@ from energy_cli.commands.checkpoints import (
     load_model,
 )
 from energy_cli.commands.outcome import Outcome, eval_headline
+from energy_cli.commands.settings import data_settings, runtime_from_config
 from energy_cli.commands.tuning import tune_detectors
 from energy_cli.data import load_id, load_ood_parts, resolve_ood_names
 from energy_cli.data.batches import Normalizer
@@ -57,6 +57,7 @@ from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.folders import display_path
 from energy_cli.runs.outputs import format_table, write_results, write_scores
 from energy_cli.runs.thresholds import FILENAME as THRESHOLDS_FILE
+from energy_cli.runs.thresholds import INT8_FILENAME as INT8_THRESHOLDS_FILE
 from energy_cli.runs.thresholds import (
     TPR,
     merge_beside_checkpoint,
@@ -189,13 +190,13 @@ def metric_rows(scores: dict[str, dict[str, np.ndarray]], score_names: list[str]
 
 
 def store_thresholds(id_scores: dict[str, np.ndarray], temperatures: dict[str, float | None], header: dict[str, Any],
-                     run_dir: Path, ckpt_path: Path, beside_checkpoint: bool = True) -> dict[str, tuple[float, float]]:
+                     run_dir: Path, ckpt_path: Path, beside_name: str = THRESHOLDS_FILE) -> dict[str, tuple[float, float]]:
     """Per score, the threshold at 95% ID TPR on the ID test scores -> thresholds.json in the run folder and
     (merged under a lock with the entries of other evals of the same checkpoint bytes) next to the
     checkpoint; each entry records the sha256 of the checkpoint bytes (header["checkpoint_sha256"]) and the
-    temperature its score used (None for scores without one). Without `beside_checkpoint` (an int8 eval, whose
-    scores are not those of the fp32 model that `score` runs) only the run folder's copy is written. Returns
-    {score: (threshold, ID recall)}."""
+    temperature its score used (None for scores without one). An int8 eval, whose scores are not the fp32
+    model's, merges into `beside_name` = thresholds_int8.json instead, which `score precision=int8` reads.
+    Returns {score: (threshold, ID recall)}."""
     found = {name: threshold_at_tpr(values, TPR) for name, values in id_scores.items()}
     entries = {name: {"threshold": t, "id_tpr": r, "n_id": int(len(id_scores[name])),
                       "temperature": temperatures.get(name), "checkpoint_sha256": header["checkpoint_sha256"],
@@ -204,14 +205,11 @@ def store_thresholds(id_scores: dict[str, np.ndarray], temperatures: dict[str, f
     write_thresholds(run_dir / THRESHOLDS_FILE, document)
     where = display_path(run_dir / THRESHOLDS_FILE)
     notes: list[str] = []
-    beside = ckpt_path.parent / THRESHOLDS_FILE
+    beside = ckpt_path.parent / beside_name
     try:
-        if beside_checkpoint:
-            notes = merge_beside_checkpoint(beside, document, header["checkpoint_sha256"])
-            if not (notes and notes[0].startswith("left ")):
-                where += f" and {display_path(beside)}"
-        else:
-            where += " (not next to the checkpoint: these are the int8 model's)"
+        notes = merge_beside_checkpoint(beside, document, header["checkpoint_sha256"])
+        if not (notes and notes[0].startswith("left ")):
+            where += f" and {display_path(beside)}"
     except OSError as exc:
         where += f" (not next to the checkpoint: {exc.strerror or exc})"
     cells = ", ".join(f"{name} {t:.6g}" for name, (t, _) in found.items())
@@ -311,7 +309,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     log.info(format_table(rows))
     header = {"checkpoint": str(path.resolve()), "checkpoint_sha256": ckpt[ckpt_io.DIGEST_KEY],
               "dataset": cfg.dataset.name, "backbone": backbone_label(ckpt["backbone"]), "stage": ckpt["stage"]}
-    thresholds = store_thresholds(scores["id"], temperatures, header, run_dir, path, beside_checkpoint=not runtime.int8)
+    thresholds = store_thresholds(scores["id"], temperatures, header, run_dir, path,
+                                  beside_name=INT8_THRESHOLDS_FILE if runtime.int8 else THRESHOLDS_FILE)
     if cfg.plots:
         title = f"{cfg.dataset.name} / {backbone_label(ckpt['backbone'])} / stage {ckpt['stage']}"
         pictures = draw_plots(run_dir, scores, score_names, ood_names, thresholds, title)

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from energy_cli.commands.settings import data_settings, runtime_from_config
 from energy_cli.commands.checkpoints import (
     checkpoint_normalizer,
     find_checkpoint,
@@ -21,6 +20,7 @@ from energy_cli.commands.checkpoints import (
     model_from_checkpoint,
 )
 from energy_cli.commands.outcome import Outcome
+from energy_cli.commands.settings import data_settings, runtime_from_config
 from energy_cli.commands.training import train_and_save
 from energy_cli.commands.tuning import validation_sets
 from energy_cli.config.values import Margins
@@ -37,8 +37,8 @@ from energy_cli.engine.seeding import mix_seed, seed_everything
 from energy_cli.errors import UserError
 from energy_cli.fileio import atomic_write_bytes
 from energy_cli.ood import margins as ood_margins
-from energy_cli.ood.metrics import fpr_at_tpr
 from energy_cli.ood.losses import cross_entropy, finetune_regulariser
+from energy_cli.ood.metrics import fpr_at_tpr
 from energy_cli.runs import resume
 from energy_cli.runs.folders import display_path
 

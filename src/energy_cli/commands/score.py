@@ -13,14 +13,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from energy_cli.commands.settings import runtime_from_config
 from energy_cli.commands.checkpoints import (
     STAGES,
     checkpoint_normalizer,
     find_checkpoint,
     load_model,
 )
+from energy_cli.commands.evaluate import int8_model
+from energy_cli.commands.settings import data_settings, runtime_from_config
 from energy_cli.config.overrides import as_list
+from energy_cli.data import load_id
 from energy_cli.data.files import expand_paths, load_image_files
 from energy_cli.engine.inference import predict
 from energy_cli.engine.seeding import seed_everything
@@ -30,6 +32,7 @@ from energy_cli.runs import checkpoint as ckpt_io
 from energy_cli.runs.folders import display_path
 from energy_cli.runs.outputs import write_csv
 from energy_cli.runs.thresholds import FILENAME as THRESHOLDS_FILE
+from energy_cli.runs.thresholds import INT8_FILENAME as INT8_THRESHOLDS_FILE
 from energy_cli.runs.thresholds import is_hand_written, read_thresholds, stored_entry
 
 log = logging.getLogger(__name__)
@@ -51,13 +54,15 @@ def input_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def energy_threshold(cfg: DictConfig, ckpt_path: Path, checkpoint_sha256: str, temperature: float) -> tuple[float, str]:
-    """threshold= when given, else the energy entry of thresholds.json next to the checkpoint, which must
-    have been measured on these checkpoint bytes at this temperature (runs/thresholds.stored_entry)."""
+def energy_threshold(cfg: DictConfig, ckpt_path: Path, checkpoint_sha256: str, temperature: float,
+                     int8: bool = False) -> tuple[float, str]:
+    """threshold= when given, else the energy entry of thresholds.json next to the checkpoint (with int8:
+    thresholds_int8.json, written by `eval precision=int8`), which must have been measured on these checkpoint
+    bytes at this temperature (runs/thresholds.stored_entry)."""
     if cfg.threshold is not None:
         return float(cfg.threshold), "given"
-    path = ckpt_path.parent / THRESHOLDS_FILE
-    rerun = f"energy-ood eval ckpt={display_path(ckpt_path)} score=[msp,energy]"
+    path = ckpt_path.parent / (INT8_THRESHOLDS_FILE if int8 else THRESHOLDS_FILE)
+    rerun = f"energy-ood eval ckpt={display_path(ckpt_path)} score=[msp,energy]" + (" precision=int8" if int8 else "")
     threshold, entry = stored_entry(read_thresholds(path), "energy", checkpoint_sha256, temperature,
                                     Path(display_path(path)), rerun)
     if is_hand_written(entry):
@@ -74,7 +79,10 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     model, ckpt = load_model(ckpt_path, cfg, runtime, for_inference=True)
     normalizer = checkpoint_normalizer(ckpt)
     temperature = float(cfg.temperature)
-    threshold, source = energy_threshold(cfg, ckpt_path, ckpt[ckpt_io.DIGEST_KEY], temperature)
+    threshold, source = energy_threshold(cfg, ckpt_path, ckpt[ckpt_io.DIGEST_KEY], temperature, runtime.int8)
+    if runtime.int8:   # calibrated like eval's int8 model: the same seeded draw of ID training images
+        train, _ = load_id(data_settings(cfg))
+        model = int8_model(model, train, normalizer, runtime, int(cfg.seed))
     shape = (int(ckpt["in_channels"]), int(ckpt["image_size"]), int(ckpt["image_size"]))
     chunk = int(cfg.chunk_size)
     log.info(f"scoring {len(files)} image files with {display_path(ckpt_path)} (stage {ckpt['stage']}), resized to "

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from energy_cli.commands.settings import data_settings, runtime_from_config
 from energy_cli.commands.outcome import Outcome
+from energy_cli.commands.settings import data_settings, runtime_from_config
 from energy_cli.commands.training import train_and_save
 from energy_cli.data import load_id, normalizer_stats
 from energy_cli.data.batches import Normalizer

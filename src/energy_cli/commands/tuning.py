@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from energy_cli.config.overrides import as_list
 from energy_cli.commands.settings import data_settings
+from energy_cli.config.overrides import as_list
 from energy_cli.data import canonical_ood_name, load_ood
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.images import ImageSet

@@ -37,10 +37,10 @@ GRADIENT_SCORES = {"odin": ("odin.noise", "odin.tune"), "mahalanobis": ("mahalan
 
 
 def check_int8(cfg: DictConfig, score_names: list[str]) -> None:
-    """precision=int8 quantizes a trained model for `eval`; its scores cannot take input gradients."""
-    if cfg.command != "eval":
-        raise UserError(f"precision=int8 is for eval (a trained model quantized for scoring); {cfg.command} runs in "
-                        "fp32 or bf16: precision=auto, fp32 or bf16")
+    """precision=int8 quantizes a trained model for `eval` and `score`; its scores cannot take input gradients."""
+    if cfg.command not in ("eval", "score"):
+        raise UserError(f"precision=int8 is for eval and score (a trained model quantized for scoring); "
+                        f"{cfg.command} runs in fp32 or bf16: precision=auto, fp32 or bf16")
     for name in score_names:
         noise, tune = GRADIENT_SCORES.get(name, (None, None))
         if noise and (float(OmegaConf.select(cfg, noise)) > 0 or OmegaConf.select(cfg, tune)):

@@ -13,7 +13,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from energy_cli.config.values import check_device, check_precision, margin_value
 from energy_cli.errors import UserError
 
-
 MAX_SEED = 2**63 - 1                     # torch, numpy and the per-step seed mixing all take it
 TEMPERATURE_RANGE = (1e-3, 1e6)          # beyond it energy / ODIN scores overflow or underflow in float32
 MAX_WIDTH = 4096                         # channels of a layer (small_cnn width, WRN widen factor x 64)

@@ -194,7 +194,7 @@ class Common:
     device: str = key("auto", rules.device, "auto | cpu | cuda | cuda:N")
     precision: str = key("auto", rules.precision,
                          "auto | fp32 | bf16 | int8 (scores and metrics are always fp32); auto = bf16 only where it "
-                         "is measured faster; int8: eval on a CPU, the body quantized after training")
+                         "is measured faster; int8: eval and score on a CPU, the body quantized after training")
     data_root: str = key("${oc.env:ENERGY_OOD_DATA,data}", rules.text, "where the datasets' files are")
     download: bool = key(False, rules.flag, "may torchvision fetch missing datasets (and hub weights)")
     cache_dir: Optional[str] = key("${data_root}/cache", rules.text,

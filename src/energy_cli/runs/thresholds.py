@@ -32,6 +32,7 @@ from energy_cli.runs.locks import file_lock
 
 FORMAT = "energy-ood-thresholds/1"
 FILENAME = "thresholds.json"
+INT8_FILENAME = "thresholds_int8.json"   # next to a checkpoint: the thresholds of its int8 evals (precision=int8)
 TPR = 0.95
 
 

@@ -4,13 +4,13 @@ finiteness end in one line (UserError) before any work starts."""
 from __future__ import annotations
 
 import pytest
+from conftest import composed_as_the_cli_does
 from hydra import compose, initialize_config_dir
 
 from energy_cli.commands.validate import validate
-from energy_cli.config.schema import RULES, leaf_keys, rule_for
 from energy_cli.config.paths import config_dir
+from energy_cli.config.schema import RULES, leaf_keys, rule_for
 from energy_cli.errors import UserError
-from conftest import composed_as_the_cli_does
 
 COMMANDS = ("train", "finetune", "eval", "score", "report")
 # each config-group choice once (the leaves of a group differ between its choices)

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from energy_cli.commands.settings import runtime_from_config
 from energy_cli.engine import probe
 from energy_cli.engine.probe import (
     Choices,
@@ -13,7 +14,6 @@ from energy_cli.engine.probe import (
     choose_threads,
     decide,
 )
-from energy_cli.commands.settings import runtime_from_config
 from energy_cli.engine.runtime import (
     resolve_channels_last,
     resolve_eval_batch_size,

@@ -79,9 +79,9 @@ def test_a_model_fx_cannot_trace_is_one_line():
 
 
 @pytest.mark.parametrize("command,overrides,message", [
-    ("train", [], "precision=int8 is for eval"),
-    ("finetune", [], "precision=int8 is for eval"),
-    ("score", [], "precision=int8 is for eval"),
+    ("train", [], "precision=int8 is for eval and score"),
+    ("finetune", [], "precision=int8 is for eval and score"),
+    ("score", [], None),
     ("eval", ["score=[msp,odin]"], "score=odin perturbs its inputs along gradients"),
     ("eval", ["score=[mahalanobis]", "mahalanobis.tune=true"], "score=mahalanobis perturbs its inputs"),
     ("eval", ["score=all"], "score=odin perturbs"),               # odin.noise is 0.0014 unless set
