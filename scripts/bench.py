@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import platform
 import sys
@@ -39,13 +40,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from energy_cli.commands.evaluate import int8_model  # noqa: E402
 from energy_cli.data.batches import Normalizer  # noqa: E402
 from energy_cli.data.images import ImageSet  # noqa: E402
 from energy_cli.detectors import build_detectors  # noqa: E402
 from energy_cli.detectors.scoring import score_images  # noqa: E402
 from energy_cli.engine import probe  # noqa: E402
 from energy_cli.engine.fusion import fold_batchnorm  # noqa: E402
-from energy_cli.engine.quantize import quantize_int8  # noqa: E402
 from energy_cli.engine.loop import (  # noqa: E402
     LoopState,
     TrainSpec,
@@ -332,11 +333,10 @@ def main(argv=None) -> None:
                      "eval_batch": runtime.eval_batch_size, "eval_img_s": ev, "train_img_s": tr})
         print(f"  {label}: eval {ev:.0f} img/s, train {tr:.0f} img/s", flush=True)
     if args.int8 and not gpu:
-        runtime = variants[0][0]
-        runtime = Runtime(runtime.device, None, runtime.channels_last, False, False, runtime.eval_batch_size, int8=True)
-        norm = Normalizer(MEAN, STD)
-        calibration = (norm(images[i:i + 128], runtime.memory_format) for i in range(0, 512, 128))
-        model = quantize_int8(fresh(runtime, folded=True), calibration)
+        runtime = dataclasses.replace(variants[0][0], dtype=None, compile=False, int8=True)
+        # what `eval precision=int8` runs: the folded model, calibrated on a seeded draw of training images
+        model = int8_model(fresh(runtime, folded=True), ImageSet("train", images, labels), Normalizer(MEAN, STD),
+                           runtime, seed=0)
         ev = ours_eval(model, images[:eval_images], runtime, runtime.eval_batch_size)
         rows.append({"path": "ours int8 (eval only)", "precision": "int8", "channels_last": runtime.channels_last,
                      "eval_batch": runtime.eval_batch_size, "eval_img_s": ev, "train_img_s": None})

@@ -65,6 +65,7 @@ def validation_sets(cfg: DictConfig, train: ImageSet, shape: tuple[int, int, int
     """The validation OOD sets the `validation_ood` key names: `synthetic` (built from ID training images) and
     any OOD set name or folder:PATH that is not one of this run's OOD test sets."""
     n = int(cfg.validation_samples)
+    data = data_settings(cfg)
     sets: list[ImageSet] = []
     for name in as_list(cfg.validation_ood):
         if name == SYNTHETIC:
@@ -74,7 +75,7 @@ def validation_sets(cfg: DictConfig, train: ImageSet, shape: tuple[int, int, int
         if name in test_names:
             raise UserError(f"validation_ood names {name}, one of this run's OOD test sets; tune on other data "
                             f"(synthetic, or folder:PATH of held-out images)")
-        ood = load_ood(name, data_settings(cfg), shape)
+        ood = load_ood(name, data, shape)
         sets.append(ImageSet(f"val_{name}", ood.images[:n]))
     if not sets:
         raise UserError("validation_ood is empty; use [synthetic] or name a folder: validation_ood=[folder:PATH]")

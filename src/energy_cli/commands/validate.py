@@ -86,11 +86,11 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             if count != channels:
                 raise UserError(f"{key} has {count} values, but dataset={cfg.dataset.name} has {channels} channel"
                                 f"{'s' if channels > 1 else ''}: give one per channel")
+    score_names = resolve_score_names(cfg.score) if command == "eval" else []
     if command == "eval":
         resolve_ood_names(cfg.ood, cfg.dataset)
-        resolve_score_names(cfg.score)
     if str(cfg.precision) == "int8":
-        check_int8(cfg, resolve_score_names(cfg.score) if command == "eval" else [])
+        check_int8(cfg, score_names)
     if command == "finetune" and cfg.loss.name == "energy":
         return {"margins": parse_margins(cfg.m_in, cfg.m_out)}
     return {}

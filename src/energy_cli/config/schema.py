@@ -28,12 +28,10 @@ from energy_cli.errors import UserError
 
 
 def key(default: Any = MISSING, rule: Rule = rules.any_value, help: str = "") -> Any:  # noqa: A002
-    """A config key: default (lists and groups of keys are copied for every config), rule, one-line help."""
+    """A config key: default (a list is copied for every config), rule, one-line help."""
     meta = {"rule": rule, "help": help}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
-    if dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: dataclasses.replace(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -382,6 +380,8 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
+    if store.repo.get(f"schema_{next(iter(COMMANDS))}.yaml") is not None:
+        return   # already stored in this process
     for name, node in COMMANDS.items():
         store.store(name=f"schema_{name}", node=node)
     for group_name, kinds in GROUPS.items():

@@ -23,7 +23,7 @@ from energy_cli.models.adapter import ModuleClassifier
 from energy_cli.models.base import Classifier
 
 
-class _Features(nn.Module):
+class Features(nn.Module):
     """model.features as a module's forward, so that fx traces the penultimate features only."""
 
     def __init__(self, model: Classifier):
@@ -72,10 +72,10 @@ def fold_batchnorm(model: Classifier) -> Classifier:
         if isinstance(twin, ModuleClassifier):
             net = fuse(symbolic_trace(twin.net), inplace=True, no_trace=True)
             wrapped = ModuleClassifier(net, head=twin.head_name, num_classes=twin.num_classes)
-            body: nn.Module = _Features(wrapped)
+            body: nn.Module = Features(wrapped)
             fc = wrapped.fc
         else:
-            body, fc = fuse(symbolic_trace(_Features(twin)), inplace=True, no_trace=True), twin.fc
+            body, fc = fuse(symbolic_trace(Features(twin)), inplace=True, no_trace=True), twin.fc
     except Exception:  # noqa: BLE001 - untraceable code (data-dependent control flow, ...): keep the model as is
         return model
     finally:

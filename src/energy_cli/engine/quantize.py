@@ -20,7 +20,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from energy_cli.engine.fusion import Features, FoldedClassifier
 from energy_cli.errors import UserError
+from energy_cli.models.adapter import ModuleClassifier
 from energy_cli.models.base import Classifier
 
 log = logging.getLogger(__name__)
@@ -29,28 +31,9 @@ BACKEND = "x86"          # PyTorch's x86 int8 backend (fbgemm and oneDNN kernels
 CALIBRATION_IMAGES = 512  # ID training images whose activations set the uint8 ranges
 
 
-class _Body(nn.Module):
-    """A classifier's `features` as a module's forward (what FX traces)."""
-
-    def __init__(self, model: Classifier):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(x)
-
-
-class Int8Classifier(Classifier):
-    """A Classifier whose features come from an int8 body; the head is the original fp32 linear layer."""
-
-    def __init__(self, body: nn.Module, fc: nn.Linear, feature_dim: int):
-        super().__init__()
-        self.body = body
-        self.fc = fc
-        self.feature_dim = feature_dim
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x.float())
+class Int8Classifier(FoldedClassifier):
+    """A traced classifier (engine.fusion) whose body is the int8 graph; the head is the original fp32 linear
+    layer. For inference only, like every traced body."""
 
 
 def int8_supported() -> bool:
@@ -68,13 +51,20 @@ def quantize_int8(model: Classifier, calibration: Iterable[torch.Tensor]) -> Int
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = BACKEND
+    model = model.cpu().eval()
+    wrapped = _wrapped_module(model)
+    qconfig = get_default_qconfig_mapping(BACKEND)
+    if wrapped is not None:   # a torchvision / timm / own model: its whole net, the head left in fp32
+        target: nn.Module = wrapped.net
+        qconfig = qconfig.set_module_name(wrapped.head_name, None)
+    else:
+        target = Features(model)
     batches = iter(calibration)
     first = next(batches)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # torch.ao.quantization announces its move to torchao on every call
         try:
-            prepared = prepare_fx(_Body(model.cpu().eval()), get_default_qconfig_mapping(BACKEND),
-                                  example_inputs=(first[:1].float(),))
+            prepared = prepare_fx(target, qconfig, example_inputs=(first[:1].float(),))
         except Exception as exc:  # noqa: BLE001 - FX cannot trace every model; say so in one line
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"precision=int8: this model cannot be traced for quantization ({reason}); use "
@@ -83,5 +73,19 @@ def quantize_int8(model: Classifier, calibration: Iterable[torch.Tensor]) -> Int
             prepared(first.float())
             for batch in batches:
                 prepared(batch.float())
-        body = convert_fx(prepared)
-    return Int8Classifier(body, model.fc, model.feature_dim).eval()
+        converted = convert_fx(prepared)
+    if wrapped is not None:   # the penultimate features are again the input of the (fp32) head
+        net = ModuleClassifier(converted, head=wrapped.head_name, num_classes=wrapped.num_classes)
+        return Int8Classifier(Features(net), net.fc, net.feature_dim)
+    return Int8Classifier(converted, model.fc, model.feature_dim)
+
+
+def _wrapped_module(model: Classifier) -> ModuleClassifier | None:
+    """The ModuleClassifier inside `model` (itself, or the body of its BatchNorm-folded version), else None:
+    its features come from a hook on the head, which FX cannot trace through, so its net is quantized instead."""
+    if isinstance(model, ModuleClassifier):
+        return model
+    body = getattr(model, "body", None)
+    if isinstance(model, FoldedClassifier) and isinstance(body, Features) and isinstance(body.model, ModuleClassifier):
+        return body.model
+    return None

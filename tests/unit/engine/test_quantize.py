@@ -8,6 +8,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from energy_cli.commands.validate import validate
+from energy_cli.engine.fusion import fold_batchnorm
 from energy_cli.engine.quantize import Int8Classifier, int8_supported, quantize_int8
 from energy_cli.errors import UserError
 from energy_cli.models import build_model
@@ -54,6 +55,27 @@ def test_int8_ranks_images_like_fp32(backbone):
     # the int8 features differ from fp32 by about the quantization step, not by their own size
     error = (int8_feats - fp32_feats).norm() / fp32_feats.norm()
     assert 0 < error < 0.1, error
+
+
+@needs_int8
+def test_a_wrapped_torchvision_model_is_quantized_with_its_head_in_fp32():
+    """torchvision / timm / own models give their features through a hook on the head: the whole net is
+    quantized with the head left out, and the features are again the head's (fp32) input."""
+    torch.manual_seed(0)
+    model = build_model({"name": "torchvision", "arch": "resnet18", "head": None}, 10, 1, 8).eval()
+    quantized = quantize_int8(fold_batchnorm(model), [_images(64, seed) for seed in range(4)])
+    assert isinstance(quantized, Int8Classifier)
+    assert type(quantized.fc) is nn.Linear and torch.equal(quantized.fc.weight, model.fc.weight)
+    assert any("quantized" in type(m).__module__ for m in quantized.body.modules())
+    x = _images(512, 99)
+    with torch.inference_mode():
+        fp32_logits, fp32_feats = model.forward_with_features(x)
+        int8_logits, int8_feats = quantized.forward_with_features(x)
+        head_of_features = quantized.fc(int8_feats)
+    assert int8_feats.dtype == torch.float32 and int8_feats.shape == fp32_feats.shape
+    assert torch.allclose(head_of_features, int8_logits, atol=1e-5)   # logits = the fp32 head of the features
+    rho = spearmanr(energy_score(fp32_logits).numpy(), energy_score(int8_logits).numpy()).statistic
+    assert rho > 0.95, rho
 
 
 class _Branchy(Classifier):
