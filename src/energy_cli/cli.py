@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from energy_cli.config.overrides import quote, sets_key
-from energy_cli.errors import PROG, UserError, fail
 from energy_cli.config.compose import compose_config, extra_config_dirs
+from energy_cli.config.overrides import quote, sets_key
 from energy_cli.config.paths import config_dir
+from energy_cli.errors import PROG, UserError, fail
 from energy_cli.launch import launch, report_errors, run_hydra
 
 COMMANDS: dict[str, str] = {
@@ -138,8 +138,8 @@ def command_help(command: str, args: Sequence[str]) -> str:
 
     args = [a for a in args if a not in HELP_FLAGS]
     cfg = report_errors(command, lambda: compose_config(command, args))
-    groups = "" if command == "report" else "".join(
-        f"  {name}: {', '.join(options)}\n" for name, options in config_groups(command, extra_config_dirs(args)).items())
+    groups = "".join(f"  {name}: {', '.join(options)}\n"
+                     for name, options in config_groups(command, extra_config_dirs(args)).items())
     first = "[PATH...]" if command in POSITIONAL else "[GROUP=OPTION]..."
     return (f"usage: {PROG} {command} {first} [KEY=VALUE]...    {COMMANDS[command]}\n\n"
             + (f"config groups:\n{groups}\n" if groups else "")

@@ -270,9 +270,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     data = data_settings(cfg)
     shape = data.shape
     train, test = load_id(data)
+    oods = {name: load_ood_parts(name, data, shape) for name in ood_names}   # every set first: a missing one fails fast
     if runtime.int8:
         model = int8_model(model, train, normalizer, runtime, int(cfg.seed))
-    oods = {name: load_ood_parts(name, data, shape) for name in ood_names}   # every set first: a missing one fails fast
     log.info(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
              f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
 

@@ -318,7 +318,7 @@ def machine_choices(threads: int, mode: str = "auto", device: torch.device | Non
     if key in _UNSAVED and mode != "refresh":
         return _UNSAVED[key]
     choices = decide(measure(threads, physical_cores()), threads)
-    load, cpus = load_average(), usable_cpus()
+    load, cpus = load_average(), machine_cpus()
     if not is_quiet(load, cpus):
         log.info(f"note: this machine is busy (load {load:.1f} on {cpus} CPUs): the speed probe's answer is used "
                  "by this process only and not cached; a later run on a quiet machine measures again")
@@ -343,6 +343,6 @@ def load_average() -> float | None:
         return None
 
 
-def usable_cpus() -> int:
+def machine_cpus() -> int:
     """The machine's CPUs (the load average counts the whole machine's runnable threads too)."""
     return os.cpu_count() or 1

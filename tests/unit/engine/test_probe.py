@@ -92,7 +92,7 @@ def counted_measure(monkeypatch):
 def test_a_busy_machine_is_measured_but_its_answer_not_cached(tmp_path, monkeypatch, counted_measure, caplog):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(probe, "load_average", lambda: 2.5)
-    monkeypatch.setattr(probe, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(probe, "machine_cpus", lambda: 2)
     with caplog.at_level("INFO", logger="energy_cli.engine.probe"):
         assert probe.machine_choices(2).source == "probe"
     assert "this machine is busy (load 2.5 on 2 CPUs)" in caplog.text
