@@ -10,7 +10,8 @@ and both against the machine's measured matrix-product peak.
 
 The plain loop is how the paper's code runs: fp32 eager, a DataLoader over per-image torchvision transforms
 (PIL conversion, random crop with 4-pixel padding and flip for training; ToTensor + Normalize), batch 128 for
-training and 200 for evaluation. Ours is the code the commands run, with every `auto` choice this machine's probe
+training and 200 for evaluation, and the paper's dropout in the WRN blocks (F.dropout; `--plain-dropout ours`
+gives the plain loop our CPU dropout instead, as benches before 2026-12-02 did). Ours is the code the commands run, with every `auto` choice this machine's probe
 made (engine.probe: precision, channels_last, eval batch size, threads): `engine.fit` (uint8 tensors on the device,
 batched on-device augmentation, no host sync inside an epoch) and `detectors.score_images` with eval's default
 scores on the BatchNorm-folded model eval runs (engine.fusion). Both use WideResNet-40-2 on 3x32x32 inputs with the
@@ -100,6 +101,20 @@ class PlainDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def paper_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """The dropout of the paper's WideResNet blocks."""
+    return F.dropout(x, p=p, training=training)
+
+
+def with_paper_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with F.dropout in every WRN block instead of our CPU dropout (models.wrn.dropout), as the paper's
+    code runs it; the same function in eval mode."""
+    for m in model.modules():
+        if hasattr(m, "dropout_fn"):   # a WRN block
+            m.dropout_fn = paper_dropout
+    return model
 
 
 def plain_eval(model, images_hwc, labels, device, workers: int) -> float:
@@ -271,6 +286,8 @@ def main(argv=None) -> None:
     p.add_argument("--train-steps", type=int, default=None, help="training steps (batch 128) per measurement")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop (paper: 2-4)")
     p.add_argument("--eval-batch", default="auto", help="our eval batch size (auto: the probe's choice)")
+    p.add_argument("--plain-dropout", choices=["paper", "ours"], default="paper",
+                   help="the plain loop's dropout: paper (F.dropout, default) or ours (models.wrn.dropout)")
     p.add_argument("--skip-plain", action="store_true", help="measure our path only (speed-ups left empty)")
     p.add_argument("--out", default=None, help="folder for bench.csv (default outputs/bench/<date>_<time>)")
     args = p.parse_args(argv)
@@ -301,8 +318,8 @@ def main(argv=None) -> None:
     def fresh(runtime: Runtime | None = None, folded: bool = False):
         model = build_model(WRN, 10, 3)
         model.load_state_dict(weights)
-        if runtime is None:
-            return model.to(device)
+        if runtime is None:   # the plain loop's model
+            return (with_paper_dropout(model) if args.plain_dropout == "paper" else model).to(device)
         if folded:
             model = fold_batchnorm(model.eval())
         return prepare_model(model, runtime, (3, 32, 32))
@@ -322,7 +339,8 @@ def main(argv=None) -> None:
     if not args.skip_plain:
         ev = plain_eval(fresh(), images_hwc[:eval_images], labels[:eval_images].numpy(), device, args.workers)
         tr = plain_train(fresh(), images_hwc, labels.numpy(), device, args.workers, train_steps)
-        rows.append({"path": "plain fp32 eager + DataLoader", "precision": "fp32", "channels_last": False,
+        plain = "plain fp32 eager + DataLoader" + ("" if args.plain_dropout == "paper" else " (our dropout)")
+        rows.append({"path": plain, "precision": "fp32", "channels_last": False,
                      "eval_batch": 200, "eval_img_s": ev, "train_img_s": tr})
         print(f"  plain: eval {ev:.0f} img/s, train {tr:.0f} img/s", flush=True)
     for runtime, _ in variants:

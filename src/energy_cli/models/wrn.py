@@ -12,11 +12,13 @@ from energy_cli.models.base import Classifier
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: keep each value with probability 1 - p and scale the kept ones by 1 / (1 - p).
 
-    On CPUs the keep mask is drawn 16 bits at a time: each int64 from `random_()` gives three uniform 16-bit
-    numbers (its low 48 bits; the top bit is always 0), and a value is kept when its number is at least the
-    threshold, i.e. with probability 1 - p to within 2^-16 (the scale uses the exact probability). That is a
-    third of the random-number calls of F.dropout's per-element Bernoulli draws (measured cost: see
-    docs/results/performance-2026-11-amx.md). Elsewhere (GPUs) it is F.dropout.
+    On CPUs the keep mask is drawn 16 bits at a time: each 64-bit word from `random_` over the full int64 range
+    gives four uniform 16-bit numbers, and a value is kept when its number is at least the threshold, i.e. with
+    probability 1 - p to within 2^-16 (the scale uses the exact probability). That is a quarter of the
+    random-number calls of F.dropout's per-element Bernoulli draws, and the comparison reads the words in order.
+    In fp32 the scale is folded into the mask (values 0 and 1 / keep), so the forward and the backward pass are one
+    product each; in lower precisions the mask stays 0/1 and the scale is applied to the product, so that it is
+    not rounded to that precision first. Measured costs: docs/performance.md. Elsewhere (GPUs) it is F.dropout.
     """
     if not training or p <= 0:
         return x
@@ -25,19 +27,23 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     n = x.numel()
     threshold = round(65536 * p) - 32768                               # P(bits >= threshold) = 1 - p
     keep = (32768 - threshold) / 65536
-    words = torch.empty(((n + 2) // 3,), dtype=torch.int64).random_()
-    # little-endian: int16 slices 0..2 of each word are its bits 0..47
-    mask = (words.view(torch.int16).view(-1, 4)[:, :3] >= threshold).view(-1)[:n]
+    words = torch.empty(((n + 3) // 4,), dtype=torch.int64).random_(-2**63, None)   # 64 random bits each
+    mask = words.view(torch.int16)[:n] >= threshold
+    folded = x.dtype in (torch.float32, torch.float64)
+    factor = mask.to(x.dtype).mul_(1.0 / keep) if folded else mask
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         nn_, c, h, w = x.shape                                         # lay the mask out like x
-        mask = mask.view(nn_, h, w, c).permute(0, 3, 1, 2)
+        factor = factor.view(nn_, h, w, c).permute(0, 3, 1, 2)
     else:
-        mask = mask.view(x.shape)
-    return x * mask * (1.0 / keep)
+        factor = factor.view(x.shape)
+    return x * factor if folded else x * factor * (1.0 / keep)
 
 
 class _Block(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, plus a 1x1 projection shortcut when the shape changes."""
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3, plus a 1x1 projection shortcut when the shape changes.
+    `dropout_fn` is the dropout above; the benchmark's plain loop sets F.dropout on its copy (the paper's code)."""
+
+    dropout_fn = staticmethod(dropout)
 
     def __init__(self, c_in: int, c_out: int, stride: int, dropout: float):
         super().__init__()
@@ -53,7 +59,7 @@ class _Block(nn.Module):
         o = F.relu(self.bn1(x))
         y = self.conv1(o)
         y = F.relu(self.bn2(y))
-        y = dropout(y, self.dropout, self.training)
+        y = self.dropout_fn(y, self.dropout, self.training)
         y = self.conv2(y)
         return y + (x if self.equal else self.shortcut(o))
 

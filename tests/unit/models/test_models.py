@@ -50,6 +50,31 @@ def test_wrn_dropout_keeps_the_right_fraction_and_scales():
     assert torch.equal(a, dropout(x, 0.3, True))                                         # seeded
 
 
+def test_wrn_dropout_draws_every_16_bit_lane_uniformly():
+    """Each 64-bit word gives four mask bits: values at positions 0, 1, 2 and 3 (mod 4) are each kept with
+    probability 1 - p (a lane with a constant sign bit would keep almost all or almost none)."""
+    from energy_cli.models.wrn import dropout
+
+    torch.manual_seed(0)
+    y = dropout(torch.ones(400_000), 0.3, training=True)
+    rates = (y.view(-1, 4) > 0).float().mean(dim=0)                # 100,000 draws per lane: sd 0.0015
+    assert torch.allclose(rates, torch.full((4,), 0.7), atol=0.006), rates
+
+
+def test_wrn_dropout_in_bf16_keeps_the_dtype_and_the_exact_scale():
+    """In lower precisions the 0/1 mask multiplies first and the scale second, so kept values are x / keep rounded
+    once to bf16 (not x times a bf16-rounded scale)."""
+    from energy_cli.models.wrn import dropout
+
+    torch.manual_seed(0)
+    x = torch.full((100, 100), 3.0, dtype=torch.bfloat16)
+    y = dropout(x, 0.3, training=True)
+    assert y.dtype == torch.bfloat16
+    kept = y[y != 0]
+    assert torch.equal(kept, torch.full_like(kept, 3.0 * 65536 / 45875))      # 4.2857 rounded once
+    assert (y != 0).float().mean().item() == pytest.approx(0.7, abs=0.02)
+
+
 def test_wrn_dropout_mask_follows_channels_last_layout_and_gradients():
     from energy_cli.models.wrn import dropout
 
