@@ -382,15 +382,16 @@ def main(argv=None) -> None:
     def cell(v, width, spec):
         return f"{'-' if v is None else format(v, spec):>{width}}"
 
+    wide = max(30, *(len(r["path"]) + 2 for r in rows))
     print()
-    print(f"{'path':<30}{'prec':>6}{'eval img/s':>11}{'x':>6}{'%peak':>7}{'train img/s':>12}{'x':>6}{'%peak':>7}"
+    print(f"{'path':<{wide}}{'prec':>6}{'eval img/s':>11}{'x':>6}{'%peak':>7}{'train img/s':>12}{'x':>6}{'%peak':>7}"
           f"{'epoch(50k) s':>13}{'full eval s':>12}")
     for r in rows:
         bf = r["precision"] == "bf16" and peak_bf16
         peak_e = r["eval_frac_bf16_peak"] if bf else r["eval_frac_fp32_peak"]
         peak_t = r["train_frac_bf16_peak"] if bf else r["train_frac_fp32_peak"]
         percent = (lambda v: None if v is None else 100 * v)
-        print(f"{r['path']:<30}{r['precision']:>6}{r['eval_img_s']:>11.0f}{cell(r['eval_speedup'], 6, '.2f')}"
+        print(f"{r['path']:<{wide}}{r['precision']:>6}{r['eval_img_s']:>11.0f}{cell(r['eval_speedup'], 6, '.2f')}"
               f"{cell(percent(peak_e), 6, '.1f')}%{cell(r['train_img_s'], 12, '.0f')}"
               f"{cell(r['train_speedup'], 6, '.2f')}{cell(percent(peak_t), 6, '.1f')}%"
               f"{cell(r['epoch_s_cifar10'], 13, '.1f')}{r['full_eval_s']:>12.2f}")

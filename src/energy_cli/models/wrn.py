@@ -56,9 +56,10 @@ class _Block(nn.Module):
         self.shortcut = None if self.equal else nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(x))
+        # ReLUs in place: BatchNorm's backward needs its input, not its output, so the output can be reused
+        o = F.relu(self.bn1(x), inplace=True)
         y = self.conv1(o)
-        y = F.relu(self.bn2(y))
+        y = F.relu(self.bn2(y), inplace=True)
         y = self.dropout_fn(y, self.dropout, self.training)
         y = self.conv2(y)
         return y + (x if self.equal else self.shortcut(o))
@@ -95,5 +96,5 @@ class WideResNet(Classifier):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.conv1(x))
-        x = F.relu(self.bn(x))
+        x = F.relu(self.bn(x), inplace=True)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
