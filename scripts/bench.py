@@ -7,6 +7,7 @@ and both against the machine's measured matrix-product peak.
     python scripts/bench.py --compile        # also measure torch.compile (opt-in `compile=true`)
     python scripts/bench.py --int8           # also measure eval with precision=int8 (a CPU; no training row)
     python scripts/bench.py --quick          # tiny sizes: checks that the script works (used by the tests)
+    python scripts/bench.py --full --rounds 3  # every path 3 times, interleaved: medians, and the speed-ups' range
 
 The plain loop is how the paper's code runs: fp32 eager, a DataLoader over per-image torchvision transforms
 (PIL conversion, random crop with 4-pixel padding and flip for training; ToTensor + Normalize), batch 128 for
@@ -31,6 +32,7 @@ import csv
 import dataclasses
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -265,7 +267,8 @@ def fmt(value: object) -> str:
 
 
 COLUMNS = ["path", "precision", "channels_last", "eval_batch", "device", "threads", "eval_images", "train_images",
-           "eval_img_s", "eval_speedup", "train_img_s", "train_speedup", "eval_gflops", "train_gflops",
+           "rounds", "eval_img_s", "eval_speedup", "eval_speedup_min", "eval_speedup_max", "train_img_s",
+           "train_speedup", "train_speedup_min", "train_speedup_max", "eval_gflops", "train_gflops",
            "peak_fp32_gflops", "peak_bf16_gflops", "eval_frac_fp32_peak", "eval_frac_bf16_peak",
            "train_frac_fp32_peak", "train_frac_bf16_peak", "epoch_s_cifar10", "full_eval_s"]
 
@@ -288,9 +291,13 @@ def main(argv=None) -> None:
     p.add_argument("--eval-batch", default="auto", help="our eval batch size (auto: the probe's choice)")
     p.add_argument("--plain-dropout", choices=["paper", "ours"], default="paper",
                    help="the plain loop's dropout: paper (F.dropout, default) or ours (models.wrn.dropout)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every path this many times, interleaved; report medians (default 1)")
     p.add_argument("--skip-plain", action="store_true", help="measure our path only (speed-ups left empty)")
     p.add_argument("--out", default=None, help="folder for bench.csv (default outputs/bench/<date>_<time>)")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds={args.rounds} must be at least 1")
 
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
@@ -335,36 +342,62 @@ def main(argv=None) -> None:
     print(f"matmul peak: fp32 {peak_fp32:.0f} GFLOP/s, bf16 "
           + (f"{peak_bf16:.0f} GFLOP/s" if peak_bf16 else "not native (not faster than fp32)"), flush=True)
 
-    rows = []
-    if not args.skip_plain:
-        ev = plain_eval(fresh(), images_hwc[:eval_images], labels[:eval_images].numpy(), device, args.workers)
-        tr = plain_train(fresh(), images_hwc, labels.numpy(), device, args.workers, train_steps)
-        plain = "plain fp32 eager + DataLoader" + ("" if args.plain_dropout == "paper" else " (our dropout)")
-        rows.append({"path": plain, "precision": "fp32", "channels_last": False,
-                     "eval_batch": 200, "eval_img_s": ev, "train_img_s": tr})
-        print(f"  plain: eval {ev:.0f} img/s, train {tr:.0f} img/s", flush=True)
-    for runtime, _ in variants:
-        label = "ours+compile" if runtime.compile else "ours"
-        ev = ours_eval(fresh(runtime, folded=True), images[:eval_images], runtime, runtime.eval_batch_size)
-        tr = ours_train(fresh(runtime), images, labels, runtime, train_steps)
-        rows.append({"path": label, "precision": runtime.precision, "channels_last": runtime.channels_last,
-                     "eval_batch": runtime.eval_batch_size, "eval_img_s": ev, "train_img_s": tr})
-        print(f"  {label}: eval {ev:.0f} img/s, train {tr:.0f} img/s", flush=True)
+    # Each round measures every path once, eval then train, a path and the plain loop next to each other; with
+    # several rounds, rates are medians and a speed-up is the median of the rounds' own ratios, so that a slow
+    # phase of a shared machine lands on both sides of a ratio.
+    plain = "plain fp32 eager + DataLoader" + ("" if args.plain_dropout == "paper" else " (our dropout)")
+    paths = [] if args.skip_plain else [{"path": plain, "precision": "fp32", "channels_last": False,
+                                         "eval_batch": 200}]
+    paths += [{"path": "ours+compile" if runtime.compile else "ours", "precision": runtime.precision,
+               "channels_last": runtime.channels_last, "eval_batch": runtime.eval_batch_size, "runtime": runtime}
+              for runtime, _ in variants]
     if args.int8 and not gpu:
         runtime = dataclasses.replace(variants[0][0], dtype=None, compile=False, int8=True)
         # what `eval precision=int8` runs: the folded model, calibrated on a seeded draw of training images
-        model = int8_model(fresh(runtime, folded=True), ImageSet("train", images, labels), Normalizer(MEAN, STD),
-                           runtime, seed=0)
-        ev = ours_eval(model, images[:eval_images], runtime, runtime.eval_batch_size)
-        rows.append({"path": "ours int8 (eval only)", "precision": "int8", "channels_last": runtime.channels_last,
-                     "eval_batch": runtime.eval_batch_size, "eval_img_s": ev, "train_img_s": None})
-        print(f"  ours int8: eval {ev:.0f} img/s", flush=True)
+        quantized = int8_model(fresh(runtime, folded=True), ImageSet("train", images, labels), Normalizer(MEAN, STD),
+                               runtime, seed=0)
+        paths.append({"path": "ours int8 (eval only)", "precision": "int8", "channels_last": runtime.channels_last,
+                      "eval_batch": runtime.eval_batch_size, "runtime": runtime, "model": quantized})
+    measured: list[dict[str, tuple[float, float | None]]] = []
+    for round_ in range(args.rounds):
+        rates: dict[str, list] = {r["path"]: [None, None] for r in paths}
+        for kind in ("eval", "train"):
+            for r in paths:
+                runtime = r.get("runtime")
+                if kind == "eval" and runtime is None:
+                    v = plain_eval(fresh(), images_hwc[:eval_images], labels[:eval_images].numpy(), device,
+                                   args.workers)
+                elif kind == "eval":
+                    model = r.get("model") or fresh(runtime, folded=True)
+                    v = ours_eval(model, images[:eval_images], runtime, runtime.eval_batch_size)
+                elif runtime is None:
+                    v = plain_train(fresh(), images_hwc, labels.numpy(), device, args.workers, train_steps)
+                elif not runtime.int8:
+                    v = ours_train(fresh(runtime), images, labels, runtime, train_steps)
+                else:
+                    continue
+                rates[r["path"]][kind == "train"] = v
+        measured.append({k: tuple(v) for k, v in rates.items()})
+        said = "; ".join(f"{k}: eval {v[0]:.0f}" + ("" if v[1] is None else f", train {v[1]:.0f}")
+                         for k, v in rates.items())
+        print(f"  round {round_ + 1}/{args.rounds} (img/s): {said}", flush=True)
 
-    base = rows[0] if not args.skip_plain else None
+    rows = []
+    for r in paths:
+        row = {k: v for k, v in r.items() if k not in ("runtime", "model")}
+        row["eval_img_s"] = statistics.median(m[r["path"]][0] for m in measured)
+        trained = measured[0][r["path"]][1] is not None
+        row["train_img_s"] = statistics.median(m[r["path"]][1] for m in measured) if trained else None
+        row["rounds"] = args.rounds
+        for i, kind in enumerate(("eval", "train")):
+            ratios = [m[r["path"]][i] / m[plain][i] for m in measured
+                      if not args.skip_plain and m[r["path"]][i] is not None]
+            row[f"{kind}_speedup"] = statistics.median(ratios) if ratios else None
+            row[f"{kind}_speedup_min"] = min(ratios) if ratios else None
+            row[f"{kind}_speedup_max"] = max(ratios) if ratios else None
+        rows.append(row)
     for r in rows:
-        r["eval_speedup"] = r["eval_img_s"] / base["eval_img_s"] if base else None
         trained = r["train_img_s"] is not None
-        r["train_speedup"] = r["train_img_s"] / base["train_img_s"] if base and trained else None
         r["eval_gflops"] = r["eval_img_s"] * fwd_gflop
         r["train_gflops"] = r["train_img_s"] * train_gflop if trained else None
         r["peak_fp32_gflops"], r["peak_bf16_gflops"] = peak_fp32, peak_bf16
@@ -395,6 +428,11 @@ def main(argv=None) -> None:
               f"{cell(percent(peak_e), 6, '.1f')}%{cell(r['train_img_s'], 12, '.0f')}"
               f"{cell(r['train_speedup'], 6, '.2f')}{cell(percent(peak_t), 6, '.1f')}%"
               f"{cell(r['epoch_s_cifar10'], 13, '.1f')}{r['full_eval_s']:>12.2f}")
+    if args.rounds > 1 and not args.skip_plain:
+        for r in rows[1:]:
+            spread = [f"{kind} {r[kind + '_speedup_min']:.2f}-{r[kind + '_speedup_max']:.2f}x"
+                      for kind in ("eval", "train") if r[f"{kind}_speedup"] is not None]
+            print(f"{r['path']}: speed-ups over {args.rounds} rounds: {', '.join(spread)} (the table: medians)")
     print(f"\n%peak: the model's GFLOP/s over the measured matmul peak of its precision; x: against the plain loop. "
           f"epoch (50k) and full eval (10,000 ID + 6 x 2,000 OOD) are the measured rates at "
           f"{'these' if size == 'cifar' else 'the sizes above, scaled to those'} sizes.")

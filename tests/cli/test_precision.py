@@ -193,8 +193,9 @@ def test_threads_key(compose):
 
 def test_bench_script_quick(tmp_path):
     int8 = "x86" in torch.backends.quantized.supported_engines
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)]
-                          + (["--int8"] if int8 else []), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--rounds", "2",
+                           "--out", str(tmp_path)] + (["--int8"] if int8 else []),
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "bench.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -204,6 +205,11 @@ def test_bench_script_quick(tmp_path):
         assert float(quantized["eval_img_s"]) > 0 and quantized["train_img_s"] == quantized["epoch_s_cifar10"] == ""
     assert [r["path"] for r in rows] == ["plain fp32 eager + DataLoader", "ours"]
     assert float(rows[0]["eval_speedup"]) == 1.0
+    assert proc.stdout.count("  round ") == 2 and all(r["rounds"] == "2" for r in rows)
+    for r in rows:   # two rounds: a speed-up is the median (here the mean) of the rounds' ratios, within their range
+        for kind in ("eval", "train"):
+            low, mid, high = (float(r[f"{kind}_speedup{end}"]) for end in ("_min", "", "_max"))
+            assert low <= mid <= high and mid == pytest.approx((low + high) / 2, rel=2e-3)
     for r in rows:
         assert float(r["eval_img_s"]) > 0 and float(r["train_img_s"]) > 0
         assert float(r["epoch_s_cifar10"]) == pytest.approx(50_000 / float(r["train_img_s"]), rel=1e-3)
