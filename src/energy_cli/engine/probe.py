@@ -217,16 +217,29 @@ def measure(threads: int, physical_cores: int | None = None, rounds: int = 3) ->
 
 # --------------------------------------------------------------------------- the machine, the cache
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else what the platform module knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name with its family and model numbers (the first processor in /proc/cpuinfo on Linux, or
+    the `cpuinfo` text given), else what the platform module knows. The numbers tell apart CPU generations that a
+    virtual machine reports under one name (e.g. "AMD EPYC")."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break                                   # the first processor's block is enough
+            continue
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip().lower(), value.strip())
+    if "model name" not in fields:
+        return platform.processor() or platform.machine() or "unknown cpu"
+    family, model = fields.get("cpu family"), fields.get("model")
+    numbers = f" (family {family}, model {model})" if family and model else ""
+    return fields["model name"] + numbers
 
 
 def physical_cores(cpus: set[int] | None = None) -> int | None:

@@ -1,6 +1,7 @@
 """engine.probe: the choices follow the measured times (never a slower path), and are measured once per machine."""
 
 import json
+import platform
 
 import pytest
 import torch
@@ -181,3 +182,15 @@ def test_probe_key_is_validated(compose):
         validate(compose("eval", ["probe=sometimes"]))
     with pytest.raises(UserError, match="channels_last='maybe' must be auto, true or false"):
         validate(compose("eval", ["channels_last=maybe"]))
+
+
+def test_cpu_model_names_the_generation_that_one_model_name_can_hide():
+    """Two hosts that both say "AMD EPYC" but differ in CPU family get different probe cache keys."""
+    zen4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n\n" \
+           "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 99\nmodel name\t: other\n"
+    zen5 = zen4.replace(": 25\n", ": 26\n", 1).replace(": 17\n", ": 2\n", 1)
+    assert probe.cpu_model(zen4) == "AMD EPYC (family 25, model 17)"      # the first processor's block
+    assert probe.cpu_model(zen5) == "AMD EPYC (family 26, model 2)"
+    assert probe.cpu_model("processor\t: 0\nmodel name\t: Some CPU\n") == "Some CPU"   # no numbers: the name
+    assert probe.cpu_model("processor\t: 0\nBogoMIPS\t: 50.00\n") == (platform.processor() or platform.machine()
+                                                                        or "unknown cpu")   # no name (e.g. ARM)
