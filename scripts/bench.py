@@ -358,26 +358,26 @@ def main(argv=None) -> None:
                                runtime, seed=0)
         paths.append({"path": "ours int8 (eval only)", "precision": "int8", "channels_last": runtime.channels_last,
                       "eval_batch": runtime.eval_batch_size, "runtime": runtime, "model": quantized})
+
+    def measure(path: dict, kind: str) -> float | None:
+        """Images/s of one path for eval or train (None: an eval-only path's training)."""
+        runtime = path.get("runtime")
+        if runtime is None:   # the plain loop
+            if kind == "eval":
+                return plain_eval(fresh(), images_hwc[:eval_images], labels[:eval_images].numpy(), device,
+                                  args.workers)
+            return plain_train(fresh(), images_hwc, labels.numpy(), device, args.workers, train_steps)
+        if kind == "eval":
+            model = path["model"] if "model" in path else fresh(runtime, folded=True)
+            return ours_eval(model, images[:eval_images], runtime, runtime.eval_batch_size)
+        return None if runtime.int8 else ours_train(fresh(runtime), images, labels, runtime, train_steps)
+
     measured: list[dict[str, tuple[float, float | None]]] = []
     for round_ in range(args.rounds):
-        rates: dict[str, list] = {r["path"]: [None, None] for r in paths}
-        for kind in ("eval", "train"):
-            for r in paths:
-                runtime = r.get("runtime")
-                if kind == "eval" and runtime is None:
-                    v = plain_eval(fresh(), images_hwc[:eval_images], labels[:eval_images].numpy(), device,
-                                   args.workers)
-                elif kind == "eval":
-                    model = r.get("model") or fresh(runtime, folded=True)
-                    v = ours_eval(model, images[:eval_images], runtime, runtime.eval_batch_size)
-                elif runtime is None:
-                    v = plain_train(fresh(), images_hwc, labels.numpy(), device, args.workers, train_steps)
-                elif not runtime.int8:
-                    v = ours_train(fresh(runtime), images, labels, runtime, train_steps)
-                else:
-                    continue
-                rates[r["path"]][kind == "train"] = v
-        measured.append({k: tuple(v) for k, v in rates.items()})
+        evals = {r["path"]: measure(r, "eval") for r in paths}
+        trains = {r["path"]: measure(r, "train") for r in paths}
+        rates = {k: (evals[k], trains[k]) for k in evals}
+        measured.append(rates)
         said = "; ".join(f"{k}: eval {v[0]:.0f}" + ("" if v[1] is None else f", train {v[1]:.0f}")
                          for k, v in rates.items())
         print(f"  round {round_ + 1}/{args.rounds} (img/s): {said}", flush=True)

@@ -103,12 +103,10 @@ def id_shape(s: DataSettings) -> Shape:
 
 
 def _cuda_device(device: str):
-    """The CUDA device the run will use (device auto / cuda / cuda:N with CUDA present), else None."""
+    """The CUDA device the run uses (DataSettings.device is already resolved), else None."""
     import torch
 
-    if device == "cpu" or not torch.cuda.is_available():
-        return None
-    return torch.device("cuda" if device == "auto" else device)
+    return torch.device(device) if device.startswith("cuda") else None
 
 
 def class_count(dataset: Mapping[str, Any]) -> int:

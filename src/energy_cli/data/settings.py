@@ -19,7 +19,7 @@ class DataSettings:
     cache_dir: str | None = None
     progress: bool = False
     seed: int = 0
-    device: str = "auto"          # where the run computes: dataset=folder sizes its in-memory decision by it
+    device: str = "cpu"           # the resolved device (cpu, cuda, cuda:N): dataset=folder sizes its memory by it
     ood_resize: str = "resize"    # eval: how LSUN-C, LSUN-R and iSUN reach the model (resize | native)
 
     @property
