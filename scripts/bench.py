@@ -12,11 +12,13 @@ and both against the machine's measured matrix-product peak.
 The plain loop is how the paper's code runs: fp32 eager, a DataLoader over per-image torchvision transforms
 (PIL conversion, random crop with 4-pixel padding and flip for training; ToTensor + Normalize), batch 128 for
 training and 200 for evaluation, and the paper's dropout in the WRN blocks (F.dropout; `--plain-dropout ours`
-gives the plain loop our CPU dropout instead, as benches before 2026-12-02 did). Ours is the code the commands run, with every `auto` choice this machine's probe
-made (engine.probe: precision, channels_last, eval batch size, threads): `engine.fit` (uint8 tensors on the device,
-batched on-device augmentation, no host sync inside an epoch) and `detectors.score_images` with eval's default
-scores on the BatchNorm-folded model eval runs (engine.fusion). Both use WideResNet-40-2 on 3x32x32 inputs with the
-same initial weights and the same uint8 images.
+gives the plain loop our CPU dropout instead, as benches before 2026-12-02 did). It runs in a process of its own,
+started fresh, with the C library's default allocator (`--plain-malloc ours` gives it ours). Ours is the code the
+commands run, in the bench's process, with the allocator setting the commands make (engine.memory) and every `auto`
+choice this machine's probe made (engine.probe: precision, channels_last, eval batch size, threads): `engine.fit`
+(uint8 tensors on the device, batched on-device augmentation, no host sync inside an epoch) and
+`detectors.score_images` with eval's default scores on the BatchNorm-folded model eval runs (engine.fusion). Both
+use WideResNet-40-2 on 3x32x32 inputs with the same initial weights and the same uint8 images.
 
 Also measured: the matrix-product peak of the device (fp32, and bf16 where it is native, i.e. faster than fp32), and
 the fraction of it each path reaches (model FLOPs per image counted by torch's FlopCounterMode: about 0.655 GFLOP
@@ -28,8 +30,10 @@ each of 6 sets against 10,000 ID scores) from precomputed score vectors. bench.c
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
+import multiprocessing
 import os
 import platform
 import statistics
@@ -48,7 +52,7 @@ from energy_cli.data.batches import Normalizer  # noqa: E402
 from energy_cli.data.images import ImageSet  # noqa: E402
 from energy_cli.detectors import build_detectors  # noqa: E402
 from energy_cli.detectors.scoring import score_images  # noqa: E402
-from energy_cli.engine import probe  # noqa: E402
+from energy_cli.engine import memory, probe  # noqa: E402
 from energy_cli.engine.fusion import fold_batchnorm  # noqa: E402
 from energy_cli.engine.loop import (  # noqa: E402
     LoopState,
@@ -165,6 +169,44 @@ def plain_train(model, images_hwc, labels, device, workers: int, steps: int) -> 
     return n * 128 / (time.perf_counter() - start)
 
 
+# The plain loop runs in a process of its own, started fresh (spawn) with the C library's default allocator, as the
+# paper's scripts run; our path runs in the bench's process with the settings the commands make (engine.memory).
+_plain_state: dict = {}
+
+
+def bench_images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bench's n seeded uint8 images (N,3,32,32) and labels: the same in every process."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return images, torch.randint(0, 10, (n,), generator=g)
+
+
+def initial_model() -> torch.nn.Module:
+    """The bench's WRN-40-2 with its seeded initial weights: the same in every process."""
+    torch.manual_seed(0)
+    return build_model(WRN, 10, 3)
+
+
+def plain_measure(kind: str, setup: dict) -> float:
+    """Images/s of the plain loop for `kind` (eval or train), in the plain loop's own process."""
+    if not _plain_state:
+        if setup["malloc"] == "ours":
+            memory.retain_freed_memory()
+        torch.set_num_threads(setup["threads"])
+        images, labels = bench_images(setup["n"])
+        _plain_state.update(hwc=images.permute(0, 2, 3, 1).contiguous().numpy(), labels=labels.numpy(),
+                            weights=initial_model().state_dict())
+    device = torch.device(setup["device"])
+    model = build_model(WRN, 10, 3)
+    model.load_state_dict(_plain_state["weights"])
+    model = (with_paper_dropout(model) if setup["dropout"] == "paper" else model).to(device)
+    hwc, labels = _plain_state["hwc"], _plain_state["labels"]
+    if kind == "eval":
+        n = setup["eval_images"]
+        return plain_eval(model, hwc[:n], labels[:n], device, setup["workers"])
+    return plain_train(model, hwc, labels, device, setup["workers"], setup["train_steps"])
+
+
 # --------------------------------------------------------------------------- our path (what the commands run)
 
 def ours_eval(model, images: torch.Tensor, runtime: Runtime, batch: int) -> float:
@@ -253,6 +295,7 @@ def our_runtime(device: torch.device, precision: str, compile: bool, eval_batch:
     choices = probe.machine_choices(default_threads(), probe.mode_from("auto"), device)
     if device.type == "cpu":
         set_threads("auto", choices)
+        memory.retain_freed_memory()
     dtype = resolve_precision(precision, device, choices)
     runtime = Runtime(device, dtype, channels_last=resolve_channels_last("auto", device, dtype, choices),
                       progress=False, compile=compile,
@@ -291,6 +334,9 @@ def main(argv=None) -> None:
     p.add_argument("--eval-batch", default="auto", help="our eval batch size (auto: the probe's choice)")
     p.add_argument("--plain-dropout", choices=["paper", "ours"], default="paper",
                    help="the plain loop's dropout: paper (F.dropout, default) or ours (models.wrn.dropout)")
+    p.add_argument("--plain-malloc", choices=["system", "ours"], default="system",
+                   help="the plain loop's allocator: system (the C library's default, as the paper's scripts run) or "
+                        "ours (freed memory kept for reuse, engine.memory, as our commands run)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every path this many times, interleaved; report medians (default 1)")
     p.add_argument("--skip-plain", action="store_true", help="measure our path only (speed-ups left empty)")
@@ -312,21 +358,18 @@ def main(argv=None) -> None:
         variants.append(our_runtime(device, args.precision, True, args.eval_batch))
     choices = variants[0][1]
 
-    torch.manual_seed(0)
-    reference = build_model(WRN, 10, 3)
+    reference = initial_model()
     weights = {k: v.clone() for k, v in reference.state_dict().items()}
     fwd_gflop, train_gflop = model_gflop(reference, (3, 32, 32))
     n = max(eval_images, (train_steps + 1) * 128)
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    images_hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
+    images, labels = bench_images(n)
+    plain_setup = {"n": n, "threads": torch.get_num_threads(), "device": str(device), "dropout": args.plain_dropout,
+                   "malloc": args.plain_malloc,
+                   "eval_images": eval_images, "train_steps": train_steps, "workers": args.workers}
 
-    def fresh(runtime: Runtime | None = None, folded: bool = False):
+    def fresh(runtime: Runtime, folded: bool = False):
         model = build_model(WRN, 10, 3)
         model.load_state_dict(weights)
-        if runtime is None:   # the plain loop's model
-            return (with_paper_dropout(model) if args.plain_dropout == "paper" else model).to(device)
         if folded:
             model = fold_batchnorm(model.eval())
         return prepare_model(model, runtime, (3, 32, 32))
@@ -345,7 +388,8 @@ def main(argv=None) -> None:
     # Each round measures every path once, eval then train, a path and the plain loop next to each other; with
     # several rounds, rates are medians and a speed-up is the median of the rounds' own ratios, so that a slow
     # phase of a shared machine lands on both sides of a ratio.
-    plain = "plain fp32 eager + DataLoader" + ("" if args.plain_dropout == "paper" else " (our dropout)")
+    plain = "plain fp32 eager + DataLoader" + ("" if args.plain_dropout == "paper" else " (our dropout)") + (
+        "" if args.plain_malloc == "system" else " (our allocator)")
     paths = [] if args.skip_plain else [{"path": plain, "precision": "fp32", "channels_last": False,
                                          "eval_batch": 200}]
     paths += [{"path": "ours+compile" if runtime.compile else "ours", "precision": runtime.precision,
@@ -362,25 +406,24 @@ def main(argv=None) -> None:
     def measure(path: dict, kind: str) -> float | None:
         """Images/s of one path for eval or train (None: an eval-only path's training)."""
         runtime = path.get("runtime")
-        if runtime is None:   # the plain loop
-            if kind == "eval":
-                return plain_eval(fresh(), images_hwc[:eval_images], labels[:eval_images].numpy(), device,
-                                  args.workers)
-            return plain_train(fresh(), images_hwc, labels.numpy(), device, args.workers, train_steps)
+        if runtime is None:   # the plain loop, in its own process
+            return plain_process.submit(plain_measure, kind, plain_setup).result()
         if kind == "eval":
             model = path["model"] if "model" in path else fresh(runtime, folded=True)
             return ours_eval(model, images[:eval_images], runtime, runtime.eval_batch_size)
         return None if runtime.int8 else ours_train(fresh(runtime), images, labels, runtime, train_steps)
 
     measured: list[dict[str, tuple[float, float | None]]] = []
-    for round_ in range(args.rounds):
-        evals = {r["path"]: measure(r, "eval") for r in paths}
-        trains = {r["path"]: measure(r, "train") for r in paths}
-        rates = {k: (evals[k], trains[k]) for k in evals}
-        measured.append(rates)
-        said = "; ".join(f"{k}: eval {v[0]:.0f}" + ("" if v[1] is None else f", train {v[1]:.0f}")
-                         for k, v in rates.items())
-        print(f"  round {round_ + 1}/{args.rounds} (img/s): {said}", flush=True)
+    plain_process = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    with plain_process:
+        for round_ in range(args.rounds):
+            evals = {r["path"]: measure(r, "eval") for r in paths}
+            trains = {r["path"]: measure(r, "train") for r in paths}
+            rates = {k: (evals[k], trains[k]) for k in evals}
+            measured.append(rates)
+            said = "; ".join(f"{k}: eval {v[0]:.0f}" + ("" if v[1] is None else f", train {v[1]:.0f}")
+                             for k, v in rates.items())
+            print(f"  round {round_ + 1}/{args.rounds} (img/s): {said}", flush=True)
 
     rows = []
     for r in paths:

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from energy_cli.config.logs import progress_enabled
 from energy_cli.data.settings import DataSettings
-from energy_cli.engine import distributed, probe
+from energy_cli.engine import distributed, memory, probe
 from energy_cli.engine.probe import Choices
 from energy_cli.engine.runtime import (
     Runtime,
@@ -41,6 +41,7 @@ def runtime_from_config(cfg: Any) -> Runtime:
     choices = machine_choices_for(cfg, device)
     if device.type == "cpu":
         set_threads(cfg.threads, choices)
+        memory.retain_freed_memory()   # freed activations are reused, not faulted in again every step
     dtype = resolve_precision(cfg.precision, device, choices)
     int8 = str(cfg.precision) == "int8"
     if int8 and device.type != "cpu":
