@@ -18,6 +18,8 @@ import ctypes.util
 import os
 import sys
 
+from energy_cli.errors import UserError
+
 M_TRIM_THRESHOLD = -1     # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLDS = (1 << 30, 32 << 20)   # blocks up to 1 GiB come from the heap; older glibc accepts 32 MB at most
@@ -28,7 +30,8 @@ _applied: bool | None = None
 
 def retain_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse (once per process). True when the settings are in effect: on Linux
-    with glibc, unless ENERGY_OOD_MALLOC=system; False elsewhere (other C libraries, macOS, Windows)."""
+    with glibc, unless ENERGY_OOD_MALLOC=system; False elsewhere (other C libraries, macOS, Windows). Raises
+    UserError for any other value of ENERGY_OOD_MALLOC than keep (the default) or system."""
     global _applied
     if _applied is None:
         _applied = _apply()
@@ -36,7 +39,11 @@ def retain_freed_memory() -> bool:
 
 
 def _apply() -> bool:
-    if os.environ.get("ENERGY_OOD_MALLOC", "").strip().lower() == "system" or not sys.platform.startswith("linux"):
+    setting = os.environ.get("ENERGY_OOD_MALLOC", "").strip().lower() or "keep"
+    if setting not in ("keep", "system"):
+        raise UserError(f"ENERGY_OOD_MALLOC={os.environ['ENERGY_OOD_MALLOC']!r}: use 'keep' (the default: freed memory "
+                        "is kept for reuse) or 'system' (the C library's own behaviour)")
+    if setting == "system" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

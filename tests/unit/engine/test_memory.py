@@ -75,3 +75,21 @@ def test_runtime_from_config_keeps_freed_memory_on_a_cpu(monkeypatch):
                             "eval_batch_size": "auto"})
     settings.runtime_from_config(cfg)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("value", ["System", " keep", ""])
+def test_the_setting_accepts_keep_and_system(monkeypatch, value):
+    from energy_cli.engine import memory
+
+    monkeypatch.setenv("ENERGY_OOD_MALLOC", value)
+    applied = memory._apply()
+    assert applied is False if value.strip().lower() == "system" else applied == glibc()
+
+
+def test_an_unknown_setting_is_one_clear_error(monkeypatch):
+    from energy_cli.engine import memory
+    from energy_cli.errors import UserError
+
+    monkeypatch.setenv("ENERGY_OOD_MALLOC", "jemalloc")
+    with pytest.raises(UserError, match=r"ENERGY_OOD_MALLOC='jemalloc': use 'keep' .* or 'system'"):
+        memory._apply()
