@@ -97,3 +97,42 @@ def test_scores_that_fit_need_training_data():
     images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
     with pytest.raises(UserError, match="train_data"):
         api.evaluate(model, images, {"x": images}, scores=["mahalanobis"], device="cpu")
+
+
+class _FakeFrame:
+    """Stands in for pandas.DataFrame (pandas is not a dependency): records what it was built from."""
+
+    def __init__(self, rows, columns):
+        self.rows, self.columns = rows, list(columns)
+
+
+def test_results_as_a_dataframe_with_pandas_and_as_rows_without(monkeypatch):
+    import builtins
+    import types
+
+    model = build_model({"name": "small_cnn", "width": 8}, 10, 1).eval()
+    ids, noise = torch.zeros(8, 1, 8, 8, dtype=torch.uint8), torch.full((6, 1, 8, 8), 255, dtype=torch.uint8)
+
+    def run(as_frame):
+        return api.evaluate(model, ids, {"noise": noise}, scores=("energy",), mean=[0.3], std=[0.4], device="cpu",
+                            as_frame=as_frame)
+
+    rows = run(False)
+    real_import = builtins.__import__
+
+    def without_pandas(name, *args, **kwargs):
+        if name == "pandas":
+            raise ImportError("No module named 'pandas'")
+        return real_import(name, *args, **kwargs)
+
+    with monkeypatch.context() as patch:                         # pandas missing: rows by default, one line if asked
+        patch.setattr(builtins, "__import__", without_pandas)
+        assert run(None) == rows
+        with pytest.raises(UserError, match="as_frame=True needs pandas: pip install pandas"):
+            run(True)
+    fake = types.SimpleNamespace(DataFrame=_FakeFrame)
+    monkeypatch.setattr(builtins, "__import__",
+                        lambda name, *a, **k: fake if name == "pandas" else real_import(name, *a, **k))
+    frame = run(None)                                           # pandas there: one frame, columns in results order
+    assert isinstance(frame, _FakeFrame) and frame.rows == rows
+    assert frame.columns[:len(rows[0])] == list(rows[0]) and len(frame.columns) == len(rows[0])
