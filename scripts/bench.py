@@ -187,6 +187,13 @@ def initial_model() -> torch.nn.Module:
     return build_model(WRN, 10, 3)
 
 
+def wrn_with(weights: dict) -> torch.nn.Module:
+    """A fresh WRN-40-2 holding `weights`."""
+    model = build_model(WRN, 10, 3)
+    model.load_state_dict(weights)
+    return model
+
+
 def plain_measure(kind: str, setup: dict) -> float:
     """Images/s of the plain loop for `kind` (eval or train), in the plain loop's own process."""
     if not _plain_state:
@@ -197,8 +204,7 @@ def plain_measure(kind: str, setup: dict) -> float:
         _plain_state.update(hwc=images.permute(0, 2, 3, 1).contiguous().numpy(), labels=labels.numpy(),
                             weights=initial_model().state_dict())
     device = torch.device(setup["device"])
-    model = build_model(WRN, 10, 3)
-    model.load_state_dict(_plain_state["weights"])
+    model = wrn_with(_plain_state["weights"])
     model = (with_paper_dropout(model) if setup["dropout"] == "paper" else model).to(device)
     hwc, labels = _plain_state["hwc"], _plain_state["labels"]
     if kind == "eval":
@@ -368,8 +374,7 @@ def main(argv=None) -> None:
                    "eval_images": eval_images, "train_steps": train_steps, "workers": args.workers}
 
     def fresh(runtime: Runtime, folded: bool = False):
-        model = build_model(WRN, 10, 3)
-        model.load_state_dict(weights)
+        model = wrn_with(weights)
         if folded:
             model = fold_batchnorm(model.eval())
         return prepare_model(model, runtime, (3, 32, 32))
@@ -379,8 +384,8 @@ def main(argv=None) -> None:
           f"({fwd_gflop:.3f} GFLOP/image forward, {train_gflop:.3f} forward+backward), 3x32x32; eval on {eval_images} "
           f"images, training {train_steps} steps of 128", flush=True)
     print(f"probe ({choices.source}): bf16 {'yes' if choices.bf16 else 'no'}, channels_last "
-          f"{'yes' if choices.channels_last else 'no'}, eval batch {choices.eval_batch_size}, threads {choices.threads}",
-          flush=True)
+          f"{'yes' if choices.channels_last else 'no'}, eval batch {choices.eval_batch_size}, "
+          f"threads {choices.threads}", flush=True)
     peak_fp32, peak_bf16 = matmul_peaks(device, args.quick)
     print(f"matmul peak: fp32 {peak_fp32:.0f} GFLOP/s, bf16 "
           + (f"{peak_bf16:.0f} GFLOP/s" if peak_bf16 else "not native (not faster than fp32)"), flush=True)

@@ -63,5 +63,6 @@ def data_settings(cfg: DictConfig) -> DataSettings:
     cache_dir = cfg.get("cache_dir")
     return DataSettings(dataset=plain("dataset"), outliers=plain("outliers"), data_root=str(cfg.data_root),
                         download=bool(cfg.download), cache_dir=None if cache_dir in (None, "") else str(cache_dir),
-                        progress=progress_enabled(cfg.progress), seed=int(cfg.seed), device=str(resolve_device(cfg.device)),
+                        progress=progress_enabled(cfg.progress), seed=int(cfg.seed),
+                        device=str(resolve_device(cfg.device)),
                         ood_resize=str(cfg.get("ood_resize", "resize")))

@@ -38,19 +38,28 @@ def retain_freed_memory() -> bool:
     return _applied
 
 
+def glibc() -> ctypes.CDLL | None:
+    """This process's C library where it is glibc on Linux, else None: the mallopt numbers here are glibc's."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version   # only glibc has it
+        libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def _apply() -> bool:
     setting = os.environ.get("ENERGY_OOD_MALLOC", "").strip().lower() or "keep"
     if setting not in ("keep", "system"):
         raise UserError(f"ENERGY_OOD_MALLOC={os.environ['ENERGY_OOD_MALLOC']!r}: use 'keep' (the default: freed memory "
                         "is kept for reuse) or 'system' (the C library's own behaviour)")
-    if setting == "system" or not sys.platform.startswith("linux"):
+    libc = None if setting == "system" else glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version   # only glibc has it: other C libraries' mallopt ignores these numbers
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     mmap_set = any(mallopt(M_MMAP_THRESHOLD, size) for size in MMAP_THRESHOLDS)
     return mmap_set and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
