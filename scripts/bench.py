@@ -66,6 +66,7 @@ from energy_cli.engine.runtime import (  # noqa: E402
     default_threads,
     prepare_model,
     resolve_channels_last,
+    resolve_cuda_graphs,
     resolve_device,
     resolve_eval_batch_size,
     resolve_precision,
@@ -296,7 +297,8 @@ def matmul_peaks(device: torch.device, quick: bool) -> tuple[float, float | None
 
 # --------------------------------------------------------------------------- main
 
-def our_runtime(device: torch.device, precision: str, compile: bool, eval_batch: str) -> tuple[Runtime, probe.Choices]:
+def our_runtime(device: torch.device, precision: str, compile: bool, eval_batch: str,
+                graphs: str = "auto") -> tuple[Runtime, probe.Choices]:
     """The Runtime the commands would build here with every other key at auto (probe included)."""
     choices = probe.machine_choices(default_threads(), probe.mode_from("auto"), device)
     if device.type == "cpu":
@@ -305,7 +307,8 @@ def our_runtime(device: torch.device, precision: str, compile: bool, eval_batch:
     dtype = resolve_precision(precision, device, choices)
     runtime = Runtime(device, dtype, channels_last=resolve_channels_last("auto", device, dtype, choices),
                       progress=False, compile=compile,
-                      eval_batch_size=resolve_eval_batch_size(eval_batch, device, choices))
+                      eval_batch_size=resolve_eval_batch_size(eval_batch, device, choices),
+                      cuda_graphs=resolve_cuda_graphs(graphs, device, compile, False))
     return runtime, choices
 
 
@@ -328,6 +331,8 @@ def main(argv=None) -> None:
     p.add_argument("--precision", default="auto", help="our path's precision: auto | fp32 | bf16")
     p.add_argument("--compile", action="store_true", help="also measure our path with torch.compile")
     p.add_argument("--int8", action="store_true", help="also measure eval with precision=int8 (CPU only)")
+    p.add_argument("--eager-steps-too", action="store_true",
+                   help="on a GPU, also measure training without CUDA graphs (cuda_graphs=false)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny sizes, to check that the script runs")
     size.add_argument("--full", action="store_true", help="the issue's sizes: 24 training steps of 128, 16,000 "
@@ -360,6 +365,8 @@ def main(argv=None) -> None:
         args.workers = 0
 
     variants = [our_runtime(device, args.precision, False, args.eval_batch)]
+    if args.eager_steps_too and gpu:
+        variants.append(our_runtime(device, args.precision, False, args.eval_batch, graphs="false"))
     if args.compile:
         variants.append(our_runtime(device, args.precision, True, args.eval_batch))
     choices = variants[0][1]
@@ -397,7 +404,8 @@ def main(argv=None) -> None:
         "" if args.plain_malloc == "system" else " (our allocator)")
     paths = [] if args.skip_plain else [{"path": plain, "precision": "fp32", "channels_last": False,
                                          "eval_batch": 200}]
-    paths += [{"path": "ours+compile" if runtime.compile else "ours", "precision": runtime.precision,
+    paths += [{"path": "ours+compile" if runtime.compile else "ours" if runtime.cuda_graphs or not gpu
+               else "ours (eager steps)", "precision": runtime.precision,
                "channels_last": runtime.channels_last, "eval_batch": runtime.eval_batch_size, "runtime": runtime}
               for runtime, _ in variants]
     if args.int8 and not gpu:

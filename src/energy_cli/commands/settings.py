@@ -16,6 +16,7 @@ from energy_cli.engine.runtime import (
     Runtime,
     default_threads,
     resolve_channels_last,
+    resolve_cuda_graphs,
     resolve_device,
     resolve_eval_batch_size,
     resolve_precision,
@@ -51,7 +52,9 @@ def runtime_from_config(cfg: Any) -> Runtime:
                    channels_last=resolve_channels_last(cfg.get("channels_last", "auto"), device, dtype, choices),
                    progress=progress_enabled(cfg.progress) and group.is_main,
                    compile=bool(cfg.compile),
-                   eval_batch_size=resolve_eval_batch_size(cfg.eval_batch_size, device, choices), int8=int8)
+                   eval_batch_size=resolve_eval_batch_size(cfg.eval_batch_size, device, choices), int8=int8,
+                   cuda_graphs=resolve_cuda_graphs(cfg.get("cuda_graphs", "auto"), device, bool(cfg.compile),
+                                                   group.enabled))
 
 
 def data_settings(cfg: DictConfig) -> DataSettings:

@@ -27,6 +27,7 @@ from energy_cli.data.batches import Normalizer, random_crop_flip
 from energy_cli.data.images import ImageSet
 from energy_cli.data.streams import LazyImages
 from energy_cli.engine import distributed
+from energy_cli.engine.graphs import GraphedStep
 from energy_cli.engine.inference import accuracy, predict
 from energy_cli.engine.runtime import Runtime
 from energy_cli.engine.seeding import mix_seed
@@ -143,6 +144,21 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    def train_step(x: torch.Tensor, y: torch.Tensor, share: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on the batch x (the first len(y) images labelled y, outliers after them); its
+        loss and the number of labelled images classified correctly, as device tensors."""
+        n_in = len(y)
+        with runtime.autocast():
+            logits = net(x)
+        loss = spec.objective(logits.float(), y, n_in)
+        optimizer.zero_grad(set_to_none=True)
+        (loss * share if share != 1.0 else loss).backward()
+        optimizer.step()
+        return loss.detach(), (logits[:n_in].detach().argmax(dim=1) == y).sum()
+
+    # on a GPU the step is replayed as a CUDA graph (engine.graphs); never under torchrun (DDP's hooks)
+    graphed = GraphedStep(train_step, optimizer, dev) if runtime.cuda_graphs and not group.enabled else None
     total = spec.epochs * steps
     saved_step = state.step
     open_until_done = contextlib.ExitStack()
@@ -226,15 +242,10 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
                 if out_images is not None:
                     x = torch.cat([x, xo])
                 x = norm(x, runtime.memory_format)
-                with runtime.autocast():
-                    logits = net(x)
-                loss = spec.objective(logits.float(), y, n_in)
-                optimizer.zero_grad(set_to_none=True)
-                (loss * share if share != 1.0 else loss).backward()
-                optimizer.step()
+                loss, hits = graphed(x, y) if graphed is not None else train_step(x, y, share)
                 scheduler.step()
-                loss_sum += loss.detach().double() * n_in
-                correct += (logits[:n_in].detach().argmax(dim=1) == y).sum()
+                loss_sum += loss.double() * n_in
+                correct += hits
                 count += n_in
                 state.batch = b + 1
                 state.step += 1

@@ -34,6 +34,7 @@ class Runtime:
     compile: bool = False
     eval_batch_size: int = 256
     int8: bool = False            # precision=int8: eval runs an int8-quantized model (engine.quantize), fp32 around it
+    cuda_graphs: bool = False     # training steps replayed as a CUDA graph (engine.graphs)
 
     @property
     def precision(self) -> str:
@@ -92,6 +93,24 @@ def resolve_channels_last(value: Any, device: torch.device, dtype: torch.dtype |
     if device.type == "cuda" or dtype is not None:
         return True
     return bool(choices.channels_last) if choices is not None else False
+
+
+def resolve_cuda_graphs(value: Any, device: torch.device, compile: bool, distributed: bool) -> bool:
+    """auto -> training steps replayed as CUDA graphs on a CUDA device, except with compile=true (torch.compile
+    has graph modes of its own) and under torchrun (DDP's gradient hooks); true | false as given, where true
+    needs a CUDA device and neither of those."""
+    text = str(value).lower()
+    if text not in ("auto", "true", "false"):
+        raise UserError(f"cuda_graphs={value} is not known; use auto, true or false")
+    if text == "false":
+        return False
+    usable = device.type == "cuda" and not compile and not distributed
+    if text == "auto" or usable:
+        return usable
+    why = (f"needs a CUDA device, not {device}" if device.type != "cuda" else
+           "does not go with compile=true (torch.compile has graph modes of its own)" if compile else
+           "is not used under torchrun (DDP)")
+    raise UserError(f"cuda_graphs=true {why}; use cuda_graphs=auto or cuda_graphs=false")
 
 
 def default_threads() -> int:

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: where and how fast it computes, what it prints, how often it saves.
 VOLATILE_KEYS = ("resume", "device", "precision", "progress", "eval_batch_size", "data_root", "download",
-                 "checkpoint_every_steps", "overwrite", "threads", "compile", "channels_last", "probe")
+                 "checkpoint_every_steps", "overwrite", "threads", "compile", "channels_last", "probe",
+                 "cuda_graphs")
 
 
 # The checkpoint stages each command writes.

@@ -1,18 +1,22 @@
 """The GPU paths (run by scripts/gpu_check.sh on a machine with CUDA; skipped elsewhere): bf16 autocast,
-channels_last, device-resident training data, a one-process DDP group on NCCL, torch.compile."""
+channels_last, device-resident training data, training steps replayed as CUDA graphs, a one-process DDP group on
+NCCL, torch.compile."""
 
+import contextlib
 import os
 import socket
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from energy_cli.data.batches import Normalizer
 from energy_cli.data.images import ImageSet
 from energy_cli.detectors import build_detectors
 from energy_cli.detectors.scoring import score_images
 from energy_cli.engine.fusion import fold_batchnorm
+from energy_cli.engine.graphs import GraphedStep
 from energy_cli.engine.inference import predict
 from energy_cli.engine.loop import (
     LoopState,
@@ -112,6 +116,88 @@ def test_training_keeps_the_data_on_the_device_and_learns():
     losses = [row["loss"] for row in state.history]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
+
+
+def _train(graphs: bool, lr: float, n: int = 520, batch: int = 64, epochs: int = 2):
+    """fp32 training of a small WRN (no dropout) from the same start on the same data, eagerly or with CUDA
+    graphs: (model, optimizer, loop state)."""
+    runtime = Runtime(cuda(), None, channels_last=True, cuda_graphs=graphs)
+    torch.manual_seed(0)
+    model = prepare_model(build_model({**SMALL_WRN, "dropout": 0.0}, 10, 3), runtime)
+    x, _ = images(n, seed=1)
+    y = (x.float().mean((1, 2, 3)) > 127.5).long()
+    spec = TrainSpec(train=ImageSet("train", x, y), test=ImageSet("test", x[:64], y[:64]), normalizer=NORM,
+                     objective=lambda logits, labels, n_in: F.cross_entropy(logits, labels), epochs=epochs,
+                     batch_size=batch, seed=0, crop_pad=4, flip=True, description="graphs")
+    steps = epochs * -(-n // batch)
+    opt = make_optimizer(model, lr, 0.9, 5e-4, True)
+    state = fit(model, spec, runtime, opt, make_scheduler(opt, steps, lr), LoopState(), save=lambda s: None)
+    return model, opt, state
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 without TF32 and with deterministic cuDNN algorithms, so that two runs can be compared closely."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic,
+         torch.backends.cudnn.benchmark) = saved
+
+
+def max_difference(a: nn.Module, b: nn.Module) -> float:
+    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a.state_dict().values(),
+                                                                           b.state_dict().values()))
+
+
+@pytest.mark.parametrize("lr", [0.01, 0.05])
+def test_cuda_graph_training_gives_the_eager_weights(lr):
+    """Graphed steps follow the eager ones: the same weights, BatchNorm statistics, momentum buffers and losses
+    after 2 epochs with a cosine learning rate that changes every step and a shorter last batch (run eagerly)."""
+    with exact_fp32():
+        eager, eager_opt, eager_state = _train(False, lr)
+        graphed, graphed_opt, graphed_state = _train(True, lr)
+    for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), (name, max_difference(eager, graphed))
+    for p, q in zip(eager.parameters(), graphed.parameters()):
+        ma, mb = eager_opt.state[p]["momentum_buffer"], graphed_opt.state[q]["momentum_buffer"]
+        assert torch.allclose(ma, mb, rtol=1e-3, atol=1e-4)
+    assert graphed_opt.param_groups[0]["lr"] == eager_opt.param_groups[0]["lr"]    # floats, as eager keeps them
+    assert isinstance(graphed_opt.param_groups[0]["lr"], float)
+    for a, b in zip(eager_state.history, graphed_state.history):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 and a["train_acc"] == pytest.approx(b["train_acc"], abs=2 / 520)
+
+
+def test_graphed_step_replays_after_warmup_and_runs_other_shapes_eagerly():
+    model = prepare_model(build_model(SMALL_WRN, 10, 3), Runtime(cuda(), torch.bfloat16, channels_last=True))
+    opt = make_optimizer(model, 0.1, 0.9, 5e-4, True)
+
+    def step(x, y):
+        with torch.autocast("cuda", torch.bfloat16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return (loss.detach(),)
+
+    graphed = GraphedStep(step, opt, cuda(), warmup=2)
+    xs = [torch.randn(32, 3, 32, 32, device=cuda()).contiguous(memory_format=torch.channels_last) for _ in range(6)]
+    ys = [torch.randint(0, 10, (32,), device=cuda()) for _ in range(6)]
+    losses = [float(graphed(xs[i], ys[i])[0]) for i in range(5)]
+    assert graphed.graph is not None and not graphed.failed
+    assert graphed.eager_calls == 2 and graphed.replays == 3      # 2 eager warm-up steps, then capture + 2 replays
+    graphed(xs[5][:7], ys[5][:7])                                 # another shape: eager
+    assert graphed.replays == 3 and graphed.eager_calls == 3
+    assert all(torch.isfinite(torch.tensor(losses)))
+    before = [p.detach().clone() for p in model.parameters()]
+    graphed(xs[0], ys[0])
+    assert graphed.replays == 4
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))   # a replay updates the weights
 
 
 def _free_port():
