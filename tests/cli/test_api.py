@@ -26,9 +26,16 @@ def test_evaluate_rows_equal_the_cli_results(pretrained, tmp_path):
     oods = {name: getattr(synthetic, name)(1000, shape, 0).images for name in ("gaussian", "uniform")}
     rows = api.evaluate(ckpt, (test.images, test.labels), oods, scores=["msp", "energy", "mahalanobis", "knn"],
                         train_data=(train.images, train.labels), device="cpu", as_frame=False)
-    mine = csv_bytes(rows, RESULT_COLUMNS).decode().splitlines()[1:]
-    theirs = [",".join(r[c] for c in RESULT_COLUMNS) for r in cli_rows]
-    assert mine == theirs
+    mine = [line.split(",") for line in csv_bytes(rows, RESULT_COLUMNS).decode().splitlines()[1:]]
+    theirs = [[r[c] for c in RESULT_COLUMNS] for r in cli_rows]
+    assert len(mine) == len(theirs)
+    # every column alike, the metrics to 0.01 points: with oneDNN's AVX2 kernels on an Intel Xeon the two passes'
+    # logits differed in their last bits, and one near tie in a ranking moved an AUROC by 0.0003
+    metrics = {RESULT_COLUMNS.index(c) for c in ("fpr95", "auroc", "aupr_in", "aupr_out")}
+    for a, b in zip(mine, theirs):
+        assert [v for i, v in enumerate(a) if i not in metrics] == [v for i, v in enumerate(b) if i not in metrics]
+        assert [float(a[i]) for i in sorted(metrics)] == pytest.approx([float(b[i]) for i in sorted(metrics)],
+                                                                        abs=0.01)
     energy_average = next(r for r in cli_rows if r["score"] == "energy" and r["ood"] == "average")
     assert run.metric == pytest.approx(float(energy_average["fpr95"]), rel=1e-5)
 
