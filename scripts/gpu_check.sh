@@ -2,7 +2,8 @@
 # The GPU check, prepared for a machine with a CUDA GPU (no internet needed): the tests that need CUDA (bf16
 # autocast, channels_last, device-resident data, a one-process DDP group on NCCL, torch.compile, the commands on
 # the GPU), then the benchmark on CIFAR-shaped generated data at full size (one 50,000-image training epoch,
-# 10,000 ID + 6 x 2,000 OOD images scored), and a summary with the epoch time and the full-eval time.
+# 10,000 ID + 6 x 2,000 OOD images scored; training with CUDA graphs and with eager steps), and a summary with the
+# epoch time and the full-eval time.
 #
 #   bash scripts/gpu_check.sh                 # from the repository root; extra arguments go to scripts/bench.py
 #   bash scripts/gpu_check.sh --compile       # also measure torch.compile
@@ -28,7 +29,7 @@ echo "gpu_check: $GPU, torch $("$PY" -c 'import torch; print(torch.__version__)'
 status=0
 "$PY" -m pytest -q -o addopts="" -m gpu -rs "${GPU_TESTS[@]}" 2>&1 | tee "$OUT/pytest.log" || status=$?
 
-"$PY" scripts/bench.py --device cuda --cifar --out "$OUT/bench" "$@"
+"$PY" scripts/bench.py --device cuda --cifar --eager-steps-too --out "$OUT/bench" "$@"
 
 "$PY" - "$OUT" "$GPU" "$status" <<'PY' | tee "$OUT/summary.txt"
 import csv, sys, time
