@@ -80,9 +80,10 @@ class GraphedStep:
         with torch.cuda.stream(self._stream):
             out = self.step(x, y)
         current.wait_stream(self._stream)
-        for t in (x, y, *out):   # tensors made on the side stream and used on the current one, or the reverse
-            t.record_stream(current)
+        for t in (x, y):     # made on the current stream, read on the side stream
             t.record_stream(self._stream)
+        for t in out:        # made on the side stream, read on the current one
+            t.record_stream(current)
         self.eager_calls += 1
         return out
 

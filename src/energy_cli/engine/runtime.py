@@ -81,15 +81,21 @@ def resolve_precision(name: str, device: torch.device, choices: Choices | None =
     return torch.bfloat16 if fast else None
 
 
+def auto_or_flag(key: str, value: Any) -> str:
+    """A key's value as "auto", "true" or "false" (booleans and strings accepted); anything else is refused."""
+    text = str(value).lower()
+    if text not in ("auto", "true", "false"):
+        raise UserError(f"{key}={value} is not known; use auto, true or false")
+    return text
+
+
 def resolve_channels_last(value: Any, device: torch.device, dtype: torch.dtype | None,
                           choices: Choices | None = None) -> bool:
     """auto -> channels_last on GPUs and under bf16; on a CPU in fp32 where the probe measured it clearly
     faster (`choices`; without them: no). true | false as given."""
-    text = str(value).lower()
-    if text in ("true", "false"):
-        return text == "true"
+    text = auto_or_flag("channels_last", value)
     if text != "auto":
-        raise UserError(f"channels_last={value} is not known; use auto, true or false")
+        return text == "true"
     if device.type == "cuda" or dtype is not None:
         return True
     return bool(choices.channels_last) if choices is not None else False
@@ -99,9 +105,7 @@ def resolve_cuda_graphs(value: Any, device: torch.device, compile: bool, distrib
     """auto -> training steps replayed as CUDA graphs on a CUDA device, except with compile=true (torch.compile
     has graph modes of its own) and under torchrun (DDP's gradient hooks); true | false as given, where true
     needs a CUDA device and neither of those."""
-    text = str(value).lower()
-    if text not in ("auto", "true", "false"):
-        raise UserError(f"cuda_graphs={value} is not known; use auto, true or false")
+    text = auto_or_flag("cuda_graphs", value)
     if text == "false":
         return False
     usable = device.type == "cuda" and not compile and not distributed
