@@ -53,8 +53,7 @@ def runtime_from_config(cfg: Any) -> Runtime:
                    progress=progress_enabled(cfg.progress) and group.is_main,
                    compile=bool(cfg.compile),
                    eval_batch_size=resolve_eval_batch_size(cfg.eval_batch_size, device, choices), int8=int8,
-                   cuda_graphs=resolve_cuda_graphs(cfg.get("cuda_graphs", "auto"), device, bool(cfg.compile),
-                                                   group.enabled))
+                   cuda_graphs=resolve_cuda_graphs(cfg.get("cuda_graphs", "auto"), device, group.enabled))
 
 
 def data_settings(cfg: DictConfig) -> DataSettings:

@@ -224,8 +224,8 @@ class Training(Common):
     resume: Any = key(None, rules.resume, "PATH (a checkpoint.pt or its run folder) | true | auto")
     checkpoint_every_steps: int = key(0, rules.integer(0), "also save every N optimiser steps (0 = per epoch)")
     cuda_graphs: Any = key("auto", rules.auto_or_flag,
-                           "replay each training step as a CUDA graph: auto = on a GPU, unless compile=true or "
-                           "under torchrun")
+                           "replay each training step as a CUDA graph: auto = on a GPU (compiled or not), "
+                           "unless under torchrun")
     sync_bn: bool = key(False, rules.flag, "under torchrun on GPUs: SyncBatchNorm")
 
 

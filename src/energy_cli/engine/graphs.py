@@ -19,6 +19,9 @@ What a replay needs, and how `GraphedStep` provides it:
 - one shape: the step is captured for the first batch shape it sees; other shapes (the shorter last batch of an
   epoch) run eagerly, with the same parameters, gradients' math and momentum buffers.
 
+The step may call a compiled model (`compile=true`): it is compiled during the eager warm-up steps, and the
+capture records the compiled kernels (other shapes and eval mode are compiled for themselves, outside it).
+
 A replay repeats the GPU work recorded at the capture, nothing else: a forward that decides something in Python
 (a Python random number, a branch on a tensor's value) keeps the decision it made then, and such a model needs
 `cuda_graphs=false`. Random numbers drawn on the GPU (dropout) are fresh in every replay. A step that cannot be

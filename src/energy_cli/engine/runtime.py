@@ -101,19 +101,16 @@ def resolve_channels_last(value: Any, device: torch.device, dtype: torch.dtype |
     return bool(choices.channels_last) if choices is not None else False
 
 
-def resolve_cuda_graphs(value: Any, device: torch.device, compile: bool, distributed: bool) -> bool:
-    """auto -> training steps replayed as CUDA graphs on a CUDA device, except with compile=true (torch.compile
-    has graph modes of its own) and under torchrun (DDP's gradient hooks); true | false as given, where true
-    needs a CUDA device and neither of those."""
+def resolve_cuda_graphs(value: Any, device: torch.device, distributed: bool) -> bool:
+    """auto -> training steps replayed as CUDA graphs on a CUDA device, compiled or not, except under torchrun
+    (DDP's gradient hooks); true | false as given, where true needs a CUDA device and no torchrun."""
     text = auto_or_flag("cuda_graphs", value)
     if text == "false":
         return False
-    usable = device.type == "cuda" and not compile and not distributed
+    usable = device.type == "cuda" and not distributed
     if text == "auto" or usable:
         return usable
-    why = (f"needs a CUDA device, not {device}" if device.type != "cuda" else
-           "does not go with compile=true (torch.compile has graph modes of its own)" if compile else
-           "is not used under torchrun (DDP)")
+    why = f"needs a CUDA device, not {device}" if device.type != "cuda" else "is not used under torchrun (DDP)"
     raise UserError(f"cuda_graphs=true {why}; use cuda_graphs=auto or cuda_graphs=false")
 
 

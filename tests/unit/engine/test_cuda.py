@@ -118,10 +118,10 @@ def test_training_keeps_the_data_on_the_device_and_learns():
     assert losses[-1] < losses[0]
 
 
-def _train(graphs: bool, lr: float, n: int = 520, batch: int = 64, epochs: int = 2):
+def _train(graphs: bool, lr: float, n: int = 520, batch: int = 64, epochs: int = 2, compile: bool = False):
     """fp32 training of a small WRN (no dropout) from the same start on the same data, eagerly or with CUDA
-    graphs: (model, optimizer, loop state)."""
-    runtime = Runtime(cuda(), None, channels_last=True, cuda_graphs=graphs)
+    graphs, compiled or not: (model, optimizer, loop state)."""
+    runtime = Runtime(cuda(), None, channels_last=True, cuda_graphs=graphs, compile=compile)
     torch.manual_seed(0)
     model = prepare_model(build_model({**SMALL_WRN, "dropout": 0.0}, 10, 3), runtime)
     x, _ = images(n, seed=1)
@@ -154,13 +154,7 @@ def max_difference(a: nn.Module, b: nn.Module) -> float:
                                                                            b.state_dict().values()))
 
 
-@pytest.mark.parametrize("lr", [0.01, 0.05])
-def test_cuda_graph_training_gives_the_eager_weights(lr):
-    """Graphed steps follow the eager ones: the same weights, BatchNorm statistics, momentum buffers and losses
-    after 2 epochs with a cosine learning rate that changes every step and a shorter last batch (run eagerly)."""
-    with exact_fp32():
-        eager, eager_opt, eager_state = _train(False, lr)
-        graphed, graphed_opt, graphed_state = _train(True, lr)
+def _assert_same_training(eager, eager_opt, eager_state, graphed, graphed_opt, graphed_state):
     for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), (name, max_difference(eager, graphed))
     for p, q in zip(eager.parameters(), graphed.parameters()):
@@ -168,8 +162,55 @@ def test_cuda_graph_training_gives_the_eager_weights(lr):
         assert torch.allclose(ma, mb, rtol=1e-3, atol=1e-4)
     assert graphed_opt.param_groups[0]["lr"] == eager_opt.param_groups[0]["lr"]    # floats, as eager keeps them
     assert isinstance(graphed_opt.param_groups[0]["lr"], float)
+    assert len(eager_state.history) == len(graphed_state.history) == 2
     for a, b in zip(eager_state.history, graphed_state.history):
         assert abs(a["loss"] - b["loss"]) < 1e-4 and a["train_acc"] == pytest.approx(b["train_acc"], abs=2 / 520)
+
+
+@pytest.fixture
+def graphed_steps(monkeypatch):
+    """The GraphedStep objects that `fit` builds, to check that their steps were replayed."""
+    from energy_cli.engine import loop
+
+    built = []
+
+    class Recorded(GraphedStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(loop, "GraphedStep", Recorded)
+    return built
+
+
+def _replayed(built, epochs=2, steps=9):
+    """One GraphedStep, captured; every full batch after the 3 warm-up steps replayed, the short ones eager."""
+    assert len(built) == 1 and built[0].graph is not None and not built[0].failed
+    assert built[0].replays == epochs * (steps - 1) - 3 and built[0].eager_calls == 3 + epochs
+
+
+@pytest.mark.parametrize("lr", [0.01, 0.05])
+def test_cuda_graph_training_gives_the_eager_weights(lr, graphed_steps):
+    """Graphed steps follow the eager ones: the same weights, BatchNorm statistics, momentum buffers and losses
+    after 2 epochs with a cosine learning rate that changes every step and a shorter last batch (run eagerly)."""
+    with exact_fp32():
+        eager = _train(False, lr)
+        assert graphed_steps == []
+        graphed = _train(True, lr)
+    _replayed(graphed_steps)
+    _assert_same_training(*eager, *graphed)
+
+
+def test_compiled_training_with_cuda_graphs_gives_the_compiled_eager_weights(graphed_steps):
+    """compile=true and cuda_graphs together: the compiled step is captured and replayed, and it trains as the
+    compiled step run eagerly does (the shorter last batch and the end-of-epoch eval are compiled for their own
+    shapes and mode, outside the capture)."""
+    with exact_fp32():
+        eager = _train(False, 0.05, compile=True)
+        graphed = _train(True, 0.05, compile=True)
+    assert is_compiled(graphed[0])
+    _replayed(graphed_steps)
+    _assert_same_training(*eager, *graphed)
 
 
 def test_graphed_step_replays_after_warmup_and_runs_other_shapes_eagerly():

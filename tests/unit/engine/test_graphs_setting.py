@@ -11,23 +11,23 @@ from energy_cli.errors import UserError
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 
 
-def test_auto_means_a_gpu_without_compile_or_torchrun():
-    assert resolve_cuda_graphs("auto", GPU, compile=False, distributed=False)
-    assert not resolve_cuda_graphs("auto", CPU, compile=False, distributed=False)
-    assert not resolve_cuda_graphs("auto", GPU, compile=True, distributed=False)
-    assert not resolve_cuda_graphs("auto", GPU, compile=False, distributed=True)
-    assert not resolve_cuda_graphs(False, GPU, compile=False, distributed=False)
-    assert resolve_cuda_graphs(True, GPU, compile=False, distributed=False)
+def test_auto_means_a_gpu_outside_torchrun():
+    assert resolve_cuda_graphs("auto", GPU, distributed=False)
+    assert not resolve_cuda_graphs("auto", CPU, distributed=False)
+    assert not resolve_cuda_graphs("auto", GPU, distributed=True)
+    assert not resolve_cuda_graphs(False, GPU, distributed=False)
+    assert not resolve_cuda_graphs("false", CPU, distributed=True)
+    assert resolve_cuda_graphs(True, GPU, distributed=False)
 
 
-@pytest.mark.parametrize("device, compile, distributed, why", [
-    (CPU, False, False, "needs a CUDA device, not cpu"),
-    (GPU, True, False, "does not go with compile=true"),
-    (GPU, False, True, "is not used under torchrun"),
+@pytest.mark.parametrize("device, distributed, why", [
+    (CPU, False, "needs a CUDA device, not cpu"),
+    (CPU, True, "needs a CUDA device, not cpu"),
+    (GPU, True, "is not used under torchrun"),
 ])
-def test_true_where_graphs_cannot_run_is_refused_with_one_line(device, compile, distributed, why):
-    with pytest.raises(UserError, match=f"cuda_graphs=true {why}.*; use cuda_graphs=auto or cuda_graphs=false"):
-        resolve_cuda_graphs(True, device, compile, distributed)
+def test_true_where_graphs_cannot_run_is_refused_with_one_line(device, distributed, why):
+    with pytest.raises(UserError, match=f"^cuda_graphs=true {why}.*; use cuda_graphs=auto or cuda_graphs=false$"):
+        resolve_cuda_graphs(True, device, distributed)
 
 
 def test_the_key_is_validated_and_a_cpu_run_refuses_true(compose):
