@@ -39,7 +39,12 @@ def runtime_from_config(cfg: Any) -> Runtime:
     device = resolve_device(cfg.device)
     if group.enabled and device.type == "cuda":
         device = torch.device("cuda", group.local_rank)
-    choices = machine_choices_for(cfg, device)
+    if group.enabled and device.type == "cpu":
+        # every rank must build the same model (DDP checks its parameters' strides): rank 0 probes, the rest
+        # take its answer, instead of each rank measuring on its own (and perhaps deciding otherwise)
+        choices = distributed.broadcast(machine_choices_for(cfg, device) if group.is_main else None)
+    else:
+        choices = machine_choices_for(cfg, device)
     if device.type == "cpu":
         set_threads(cfg.threads, choices)
         memory.retain_freed_memory()   # freed activations are reused, not faulted in again every step
