@@ -52,7 +52,7 @@ from energy_cli.data.batches import Normalizer  # noqa: E402
 from energy_cli.data.images import ImageSet  # noqa: E402
 from energy_cli.detectors import build_detectors  # noqa: E402
 from energy_cli.detectors.scoring import score_images  # noqa: E402
-from energy_cli.engine import memory, probe  # noqa: E402
+from energy_cli.engine import memory, probe, winograd  # noqa: E402
 from energy_cli.engine.fusion import fold_batchnorm  # noqa: E402
 from energy_cli.engine.loop import (  # noqa: E402
     LoopState,
@@ -70,6 +70,7 @@ from energy_cli.engine.runtime import (  # noqa: E402
     resolve_device,
     resolve_eval_batch_size,
     resolve_precision,
+    resolve_winograd,
     set_threads,
 )
 from energy_cli.models import build_model  # noqa: E402
@@ -308,15 +309,17 @@ def matmul_peaks(device: torch.device, quick: bool) -> tuple[float, float | None
 def our_runtime(device: torch.device, precision: str, compile: bool, eval_batch: str,
                 graphs: str = "auto") -> tuple[Runtime, probe.Choices]:
     """The Runtime the commands would build here with every other key at auto (probe included)."""
+    if device.type == "cpu":
+        memory.retain_freed_memory()
     choices = probe.machine_choices(default_threads(), probe.mode_from("auto"), device)
     if device.type == "cpu":
         set_threads("auto", choices)
-        memory.retain_freed_memory()
     dtype = resolve_precision(precision, device, choices)
     runtime = Runtime(device, dtype, channels_last=resolve_channels_last("auto", device, dtype, choices),
                       progress=False, compile=compile,
                       eval_batch_size=resolve_eval_batch_size(eval_batch, device, choices),
-                      cuda_graphs=resolve_cuda_graphs(graphs, device, False))
+                      cuda_graphs=resolve_cuda_graphs(graphs, device, False),
+                      winograd=resolve_winograd("auto", device, dtype, False, compile, choices))
     return runtime, choices
 
 
@@ -326,7 +329,7 @@ def fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-COLUMNS = ["path", "precision", "channels_last", "eval_batch", "device", "threads", "eval_images", "train_images",
+COLUMNS = ["path", "precision", "channels_last", "winograd", "eval_batch", "device", "threads", "eval_images", "train_images",
            "rounds", "eval_img_s", "eval_speedup", "eval_speedup_min", "eval_speedup_max", "train_img_s",
            "train_speedup", "train_speedup_min", "train_speedup_max", "eval_gflops", "train_gflops",
            "peak_fp32_gflops", "peak_bf16_gflops", "eval_frac_fp32_peak", "eval_frac_bf16_peak",
@@ -394,6 +397,8 @@ def main(argv=None) -> None:
         model = wrn_with(weights)
         if folded:
             model = fold_batchnorm(model.eval())
+            if runtime.winograd:
+                winograd.convert(model)
         return prepare_model(model, runtime, (3, 32, 32))
 
     name = torch.cuda.get_device_name(device) if gpu else (probe.cpu_model() or platform.processor() or "cpu")
@@ -402,7 +407,7 @@ def main(argv=None) -> None:
           f"images, training {train_steps} steps of 128", flush=True)
     print(f"probe ({choices.source}): bf16 {'yes' if choices.bf16 else 'no'}, channels_last "
           f"{'yes' if choices.channels_last else 'no'}, eval batch {choices.eval_batch_size}, "
-          f"threads {choices.threads}", flush=True)
+          f"threads {choices.threads}, Winograd convolutions in eval {'yes' if choices.winograd else 'no'}", flush=True)
     peak_fp32, peak_bf16 = matmul_peaks(device, args.quick)
     print(f"matmul peak: fp32 {peak_fp32:.0f} GFLOP/s, bf16 "
           + (f"{peak_bf16:.0f} GFLOP/s" if peak_bf16 else "not native (not faster than fp32)"), flush=True)
@@ -413,15 +418,21 @@ def main(argv=None) -> None:
     plain = "plain fp32 eager + DataLoader" + ("" if args.plain_dropout == "paper" else " (our dropout)") + (
         "" if args.plain_malloc == "system" else " (our allocator)")
     paths = [] if args.skip_plain else [{"path": plain, "precision": "fp32", "channels_last": False,
-                                         "eval_batch": 200}]
+                                         "winograd": False, "eval_batch": 200}]
     paths += [{"path": name, "precision": runtime.precision, "channels_last": runtime.channels_last,
+               "winograd": runtime.winograd,
                "eval_batch": runtime.eval_batch_size, "runtime": runtime}
               for name, (runtime, _) in variants]
     for path in paths:
         if path["path"] == "ours (eager steps)":
             path["eval_of"] = "ours"
+    if variants[0][1][0].winograd:   # the same eval with the direct convolutions, side by side
+        runtime = dataclasses.replace(variants[0][1][0], winograd=False)
+        paths.append({"path": "ours, direct convolutions (eval only)", "precision": runtime.precision,
+                      "channels_last": runtime.channels_last, "winograd": False,
+                      "eval_batch": runtime.eval_batch_size, "runtime": runtime, "eval_only": True})
     if args.int8 and not gpu:
-        runtime = dataclasses.replace(variants[0][1][0], dtype=None, compile=False, int8=True)
+        runtime = dataclasses.replace(variants[0][1][0], dtype=None, compile=False, int8=True, winograd=False)
         # what `eval precision=int8` runs: the folded model, calibrated on a seeded draw of training images
         quantized = int8_model(fresh(runtime, folded=True), ImageSet("train", images, labels), Normalizer(MEAN, STD),
                                runtime, seed=0)
@@ -436,7 +447,7 @@ def main(argv=None) -> None:
         if kind == "eval":
             model = path["model"] if "model" in path else fresh(runtime, folded=True)
             return ours_eval(model, images[:eval_images], runtime, runtime.eval_batch_size)
-        return None if runtime.int8 else ours_train(fresh(runtime), images, labels, runtime, train_steps)
+        return None if runtime.int8 or path.get("eval_only") else ours_train(fresh(runtime), images, labels, runtime, train_steps)
 
     measured: list[dict[str, tuple[float, float | None]]] = []
     plain_process = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
@@ -454,7 +465,7 @@ def main(argv=None) -> None:
 
     rows = []
     for r in paths:
-        row = {k: v for k, v in r.items() if k not in ("runtime", "model")}
+        row = {k: v for k, v in r.items() if k not in ("runtime", "model", "eval_only")}
         row["eval_img_s"] = statistics.median(m[r["path"]][0] for m in measured)
         trained = measured[0][r["path"]][1] is not None
         row["train_img_s"] = statistics.median(m[r["path"]][1] for m in measured) if trained else None

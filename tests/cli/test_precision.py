@@ -221,3 +221,32 @@ def test_bench_script_quick(tmp_path):
         assert (r["peak_bf16_gflops"] == "") == (r["eval_frac_bf16_peak"] == "")   # only where bf16 is native
     assert "paper protocol from score vectors" in proc.stdout
     assert "matmul peak: fp32" in proc.stdout and "probe (" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("energy_cli.engine.kernels", fromlist=["x"]).compiler() is None,
+                    reason="needs a C compiler (cc or $CC)")
+def test_winograd_eval_gives_the_direct_evaluation_s_results(cli):
+    """The default backbone's 64-channel layer as a Winograd convolution (winograd=true) against the direct one:
+    every score moves by fp32 rounding only (about 1e-6 here). An AUROC can still move in its last printed digit
+    when two scores a rounding apart swap places (one pair in 360,000 moves it by 0.0003 points), so the metrics
+    must agree to 0.01 points and every other column exactly."""
+    common = ["progress=false", "precision=fp32", "threads=1"]
+    assert cli("train", "epochs=2", *common, "hydra.run.dir=train").code == 0
+    rows, scores = {}, {}
+    for flag in ("true", "false"):
+        result = cli("eval", "ckpt=train/checkpoint.pt", f"winograd={flag}", "save_scores=true", *common,
+                     f"hydra.run.dir=eval_{flag}")
+        assert result.code == 0, result.err
+        with open(f"eval_{flag}/results.csv", newline="") as f:
+            rows[flag] = list(csv.DictReader(f))
+        scores[flag] = dict(np.load(f"eval_{flag}/scores.npz"))
+    assert "Winograd convolutions" in (Path("eval_true") / "eval.log").read_text()
+    metrics = ("id_acc", "fpr95", "auroc", "aupr_in", "aupr_out")
+    assert len(rows["true"]) == len(rows["false"]) > 0
+    for a, b in zip(rows["false"], rows["true"]):
+        assert {k: v for k, v in a.items() if k not in metrics} == {k: v for k, v in b.items() if k not in metrics}
+        assert all(abs(float(a[m]) - float(b[m])) < 0.01 for m in metrics), (a, b)
+    for key, a in scores["false"].items():
+        b = scores["true"][key]
+        assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max()), key

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from energy_cli.config.overrides import key_of
 from energy_cli.data.batches import Normalizer
+from energy_cli.engine import winograd
 from energy_cli.engine.fusion import fold_batchnorm
 from energy_cli.engine.runtime import Runtime, prepare_model
 from energy_cli.errors import UserError
@@ -134,8 +135,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], cfg: DictConfig, path: Path, run
 
 
 def rebuild_model(ckpt: dict[str, Any], path: Path, runtime: Runtime, for_inference: bool = False) -> Classifier:
-    """The model a loaded checkpoint holds, built from its header and weights, on the device (BatchNorms folded
-    with `for_inference`); one line when the weights do not fit."""
+    """The model a loaded checkpoint holds, built from its header and weights, on the device (with
+    `for_inference`: BatchNorms folded, and with runtime.winograd the 3x3 convolutions that fit as Winograd
+    F(4x4, 3x3)); one line when the weights do not fit."""
     model = build_model(ckpt["backbone"], ckpt["num_classes"], ckpt["in_channels"], ckpt["image_size"])
     label = backbone_label(ckpt["backbone"])
     if ckpt.get("stage") == EXTERNAL_STAGE:
@@ -154,6 +156,8 @@ def rebuild_model(ckpt: dict[str, Any], path: Path, runtime: Runtime, for_infere
     shape = (ckpt["in_channels"], ckpt["image_size"], ckpt["image_size"])
     if for_inference:
         model = fold_batchnorm(model.eval())
+        if runtime.winograd:
+            winograd.convert(model)
     return prepare_model(model, runtime, shape)
 
 

@@ -274,7 +274,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Outcome:
     if runtime.int8:
         model = int8_model(model, train, normalizer, runtime, int(cfg.seed))
     log.info(f"evaluating {display_path(path)} (stage {ckpt['stage']}) on {len(test)} {cfg.dataset.name} test images "
-             f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}")
+             f"against {', '.join(ood_names)}; scores: {', '.join(score_names)}; {runtime.device.type} {runtime.precision}"
+             + (", Winograd convolutions" if runtime.winograd else ""))
 
     batch_size = runtime.eval_batch_size
     detectors = build_detectors(score_names, model, normalizer, runtime, temperature=temperature,

@@ -20,6 +20,7 @@ from energy_cli.engine.runtime import (
     resolve_device,
     resolve_eval_batch_size,
     resolve_precision,
+    resolve_winograd,
     set_threads,
 )
 from energy_cli.errors import UserError
@@ -37,6 +38,8 @@ def runtime_from_config(cfg: Any) -> Runtime:
 
     group = distributed.current()
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        memory.retain_freed_memory()   # freed activations are reused, not faulted in again (before the probe too)
     if group.enabled and device.type == "cuda":
         device = torch.device("cuda", group.local_rank)
     if group.enabled and device.type == "cpu":
@@ -47,13 +50,13 @@ def runtime_from_config(cfg: Any) -> Runtime:
         choices = machine_choices_for(cfg, device)
     if device.type == "cpu":
         set_threads(cfg.threads, choices)
-        memory.retain_freed_memory()   # freed activations are reused, not faulted in again every step
     dtype = resolve_precision(cfg.precision, device, choices)
     int8 = str(cfg.precision) == "int8"
     if int8 and device.type != "cpu":
         raise UserError(f"precision=int8 runs on a CPU (PyTorch's x86 int8 kernels), not on {device}; add device=cpu, "
                         "or use precision=bf16 on a GPU")
-    return Runtime(device=device, dtype=dtype,
+    winograd = resolve_winograd(cfg.get("winograd", "auto"), device, dtype, int8, bool(cfg.compile), choices)
+    return Runtime(device=device, dtype=dtype, winograd=winograd,
                    channels_last=resolve_channels_last(cfg.get("channels_last", "auto"), device, dtype, choices),
                    progress=progress_enabled(cfg.progress) and group.is_main,
                    compile=bool(cfg.compile),

@@ -1,7 +1,9 @@
-"""Where the Hydra configs live: inside the installed wheel (energy_cli/conf), or the repository's conf/."""
+"""Where the Hydra configs live (inside the installed wheel, energy_cli/conf, or the repository's conf/), and the
+user cache folder (the probe's answers, built kernels)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -17,3 +19,9 @@ def config_dir() -> Path:
         if (candidate / "train.yaml").is_file():
             return candidate
     raise RuntimeError(f"energy-ood's configs are missing (looked in {package / 'conf'}); reinstall the package")
+
+
+def user_cache_dir() -> Path:
+    """The user cache folder: $XDG_CACHE_HOME/energy-ood, else ~/.cache/energy-ood."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "energy-ood"

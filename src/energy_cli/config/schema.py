@@ -201,6 +201,9 @@ class Common:
     eval_batch_size: Any = key("auto", rules.auto_or(rules.integer(1)),
                                "images per inference batch: auto = the probe's pick on a CPU, 1024 on a GPU")
     channels_last: Any = key("auto", rules.auto_or_flag, "memory format of image batches: auto | true | false")
+    winograd: Any = key("auto", rules.auto_or_flag,
+                        "eval's 3x3 convolutions of 64+ channels as Winograd F(4x4,3x3), on a CPU in fp32: "
+                        "auto = where the probe measured it faster (needs a C compiler) | true | false")
     probe: str = key("auto", rules.choice("auto", "off", "refresh"),
                      "auto: measure once per machine what is fast (cached); off: fixed rules; refresh: measure again")
     compile: bool = key(False, rules.flag, "torch.compile the model (falls back to eager if compiling fails)")

@@ -3,8 +3,8 @@
 On a CPU, `precision=auto`, the memory format of image batches, `eval_batch_size=auto` and `threads=auto` follow
 what a probe measured here rather than what a CPU flag suggests. The probe times a 3x3 convolution + ReLU of the
 shape that dominates WRN-40-2 (64 channels on 16x16 maps) in fp32 with contiguous and with channels-last memory,
-the same under bf16 autocast, a few batch sizes, and a square matrix product in fp32 and bf16 (the machine's
-matrix peak). The candidates are timed in interleaved rounds and each keeps its fastest time (other processes
+the same under bf16 autocast, a few batch sizes, WRN-40-2's deeper layers direct and as Winograd convolutions
+(`winograd=auto`, engine.winograd), and a square matrix product in fp32 and bf16 (the machine's matrix peak). The candidates are timed in interleaved rounds and each keeps its fastest time (other processes
 only ever slow a run down). A candidate replaces the safe default (fp32, contiguous, one thread per allowed core)
 only when it is clearly faster (`MARGIN`), so the probe never picks a slower path; bf16 must be faster still
 (`BF16_MARGIN`) because it changes the numbers, which rules it out wherever bf16 is emulated.
@@ -31,9 +31,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from energy_cli.config.paths import user_cache_dir
+
 log = logging.getLogger(__name__)
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 MARGIN = 1.05        # a candidate must be at least 5% faster than the default to replace it
 BF16_MARGIN = 1.25   # bf16 must be at least 25% faster than the best fp32 path
 EVAL_BATCHES = (64, 128, 256)
@@ -51,16 +53,20 @@ class Timings:
     threads: dict[int, float] = field(default_factory=dict)   # thread count -> conv seconds (when tried)
     matmul_fp32_gflops: float = 0.0
     matmul_bf16_gflops: float = 0.0
+    layers_direct: float = 0.0                # WRN-40-2's two deeper stages' layers, direct (see winograd_step)
+    layers_winograd: float | None = None      # the same as Winograd F(4x4, 3x3); None where it cannot be built
 
 
 @dataclass(frozen=True)
 class Choices:
-    """What runs fastest here: bf16 autocast or fp32, the batches' memory format, eval batch size, threads."""
+    """What runs fastest here: bf16 autocast or fp32, the batches' memory format, eval batch size, threads, and
+    whether eval's fp32 convolutions run as Winograd convolutions."""
 
     bf16: bool
     channels_last: bool
     eval_batch_size: int
     threads: int
+    winograd: bool = False
     source: str = "probe"                     # probe (measured now) | cache | rules (probe=off, or a GPU)
     matmul_fp32_gflops: float = 0.0
     matmul_bf16_gflops: float = 0.0
@@ -81,6 +87,13 @@ def choose_bf16(t: Timings) -> bool:
     return t.conv_bf16 * BF16_MARGIN <= min(t.conv_contiguous, t.conv_channels_last)
 
 
+def choose_winograd(t: Timings) -> bool:
+    """Winograd convolutions in fp32 eval when they took at most 1/MARGIN of the direct ones' time."""
+    if t.layers_winograd is None:
+        return False
+    return t.layers_winograd * MARGIN <= t.layers_direct
+
+
 def choose_batch(per_image: dict[int, float]) -> int:
     """The largest batch whose seconds per image are within MARGIN of the best (fewer, larger steps)."""
     best = min(per_image.values())
@@ -99,7 +112,7 @@ def decide(t: Timings, default_threads: int) -> Choices:
     """The choices a probe's timings imply (bf16 was timed in channels_last, so it brings channels_last)."""
     bf16 = choose_bf16(t)
     return Choices(bf16=bf16, channels_last=bf16 or choose_channels_last(t), eval_batch_size=choose_batch(t.per_image),
-                   threads=choose_threads(default_threads, t.threads),
+                   threads=choose_threads(default_threads, t.threads), winograd=choose_winograd(t),
                    matmul_fp32_gflops=t.matmul_fp32_gflops, matmul_bf16_gflops=t.matmul_bf16_gflops)
 
 
@@ -178,6 +191,28 @@ def conv_step(batch: int, memory_format: torch.memory_format, bf16: bool = False
     return run
 
 
+def stage_layers(batch: int, memory_format: torch.memory_format, winograd: bool = False) -> Callable[[], object]:
+    """A 3x3 convolution + ReLU on 64 channels at 16x16 and one on 128 channels at 8x8 (WRN-40-2's two deeper
+    stages, where eval's Winograd convolutions apply), direct or as engine.winograd computes them."""
+    from energy_cli.engine.winograd import WinogradConv2d
+
+    g = torch.Generator().manual_seed(0)
+    layers = []
+    for channels, side in ((64, 16), (128, 8)):
+        x = torch.randn(batch, channels, side, side, generator=g).contiguous(memory_format=memory_format)
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.05)
+        conv = conv.to(memory_format=memory_format)
+        layers.append((x, WinogradConv2d(conv, relu=True) if winograd else
+                       (lambda x, conv=conv: F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1)))))
+
+    def run():
+        with torch.inference_mode():
+            return [layer(x) for x, layer in layers]
+    return run
+
+
 def bf16_autocast_works() -> bool:
     try:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -200,6 +235,13 @@ def measure(threads: int, physical_cores: int | None = None, rounds: int = 3) ->
         formats = fastest(candidates, rounds, hopeless=4.0)
         fmt = cl if formats["channels_last"] * MARGIN <= formats["contiguous"] else contiguous
         per_batch = fastest({str(b): conv_step(b, fmt) for b in EVAL_BATCHES}, max(1, rounds - 1))
+        batch = choose_batch({b: per_batch[str(b)] / b for b in EVAL_BATCHES})
+        layers = {"direct": stage_layers(batch, fmt)}
+        from energy_cli.engine import winograd
+
+        if winograd.available():
+            layers["winograd"] = stage_layers(batch, fmt, winograd=True)
+        layer_times = fastest(layers, rounds)
         thread_times: dict[int, float] = {}
         if physical_cores and physical_cores < threads:
             step = conv_step(16, fmt)
@@ -209,7 +251,8 @@ def measure(threads: int, physical_cores: int | None = None, rounds: int = 3) ->
             torch.set_num_threads(threads)
         return Timings(conv_contiguous=formats["contiguous"], conv_channels_last=formats["channels_last"],
                        conv_bf16=formats.get("bf16"), per_image={b: per_batch[str(b)] / b for b in EVAL_BATCHES},
-                       threads=thread_times, matmul_fp32_gflops=matmul_gflops(torch.float32, rounds=rounds),
+                       threads=thread_times, layers_direct=layer_times["direct"],
+                       layers_winograd=layer_times.get("winograd"), matmul_fp32_gflops=matmul_gflops(torch.float32, rounds=rounds),
                        matmul_bf16_gflops=matmul_gflops(torch.bfloat16, n=256, rounds=1) if has_bf16 else 0.0)
     finally:
         torch.set_num_threads(saved)
@@ -271,14 +314,8 @@ def machine_key(threads: int) -> str:
     return f"{cpu_model()} | {cpu_isa()} | torch {torch.__version__} | {threads} threads | probe {PROBE_VERSION}"
 
 
-def cache_dir() -> Path:
-    """The user cache folder: $XDG_CACHE_HOME/energy-ood, else ~/.cache/energy-ood."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "energy-ood"
-
-
 def cache_file() -> Path:
-    return cache_dir() / "probe.json"
+    return user_cache_dir() / "probe.json"
 
 
 def read_cache(path: Path | None = None) -> dict[str, dict]:

@@ -35,6 +35,7 @@ class Runtime:
     eval_batch_size: int = 256
     int8: bool = False            # precision=int8: eval runs an int8-quantized model (engine.quantize), fp32 around it
     cuda_graphs: bool = False     # training steps replayed as a CUDA graph (engine.graphs)
+    winograd: bool = False        # eval's 3x3 convolutions as Winograd F(4x4, 3x3) (engine.winograd)
 
     @property
     def precision(self) -> str:
@@ -112,6 +113,32 @@ def resolve_cuda_graphs(value: Any, device: torch.device, distributed: bool) -> 
         return usable
     why = f"needs a CUDA device, not {device}" if device.type != "cuda" else "is not used under torchrun (DDP)"
     raise UserError(f"cuda_graphs=true {why}; use cuda_graphs=auto or cuda_graphs=false")
+
+
+def resolve_winograd(value: Any, device: torch.device, dtype: torch.dtype | None, int8: bool = False,
+                     compile: bool = False, choices: Choices | None = None) -> bool:
+    """auto -> Winograd convolutions in eval (engine.winograd) on a CPU in fp32, eager, where the probe measured
+    them faster here (`choices`; without them: no); true -> the same wherever it applies, and an error where it
+    cannot (another device or precision, compile=true, no C compiler); false -> never."""
+    text = auto_or_flag("winograd", value)
+    if text == "false":
+        return False
+    usable = device.type == "cpu" and dtype is None and not int8 and not compile
+    if text == "auto":
+        from energy_cli.engine import winograd
+
+        return usable and bool(choices is not None and choices.winograd) and winograd.available()
+    if not usable:
+        why = (f"device {device}" if device.type != "cpu" else "precision=int8" if int8
+               else "compile=true" if compile else "bf16")
+        raise UserError(f"winograd=true runs on a CPU in fp32 without compile, not with {why}; use winograd=auto "
+                        "or winograd=false")
+    from energy_cli.engine import winograd
+
+    if not winograd.available():
+        raise UserError(f"winograd=true needs its C kernels, which could not be built here "
+                        f"({winograd.why_unavailable()}); install a C compiler, or use winograd=auto or false")
+    return True
 
 
 def default_threads() -> int:

@@ -1,5 +1,6 @@
 """engine.probe: the choices follow the measured times (never a slower path), and are measured once per machine."""
 
+import dataclasses
 import json
 import platform
 
@@ -58,6 +59,16 @@ def test_fewer_threads_only_when_clearly_faster():
     assert choose_threads(4, {4: 1.0, 2: 0.8}) == 2
     assert choose_threads(4, {4: 1.0, 2: 0.98}) == 4
     assert choose_threads(4, {}) == 4
+
+
+def test_winograd_only_when_at_least_five_percent_faster_and_buildable():
+    def with_layers(direct, wino):
+        return dataclasses.replace(timings(), layers_direct=direct, layers_winograd=wino)
+
+    assert probe.choose_winograd(with_layers(10.0, 9.5))             # 1.053x
+    assert not probe.choose_winograd(with_layers(10.0, 9.6))         # 1.042x
+    assert not probe.choose_winograd(with_layers(10.0, None))        # no C compiler: never timed
+    assert decide(with_layers(10.0, 5.0), 1).winograd and not decide(with_layers(10.0, 12.0), 1).winograd
 
 
 def test_fastest_keeps_the_minimum_and_drops_hopeless_candidates():
@@ -147,6 +158,7 @@ def test_a_real_probe_runs_and_gives_valid_choices():
     t = probe.measure(1, rounds=1)
     assert t.conv_contiguous > 0 and t.conv_channels_last > 0 and t.matmul_fp32_gflops > 0
     assert set(t.per_image) == set(probe.EVAL_BATCHES) and all(s > 0 for s in t.per_image.values())
+    assert t.layers_direct > 0 and (t.layers_winograd is None or t.layers_winograd > 0)
     c = decide(t, 1)
     assert c.eval_batch_size in probe.EVAL_BATCHES and c.threads == 1
 

@@ -1,0 +1,116 @@
+"""Native kernels: C sources shipped in this package, compiled once per machine with the system's C compiler
+and loaded with ctypes.
+
+The shared library goes into the user cache folder (`$XDG_CACHE_HOME/energy-ood/kernels/`, like the probe's
+answer), under a name made from a hash of the source, the compiler and its flags: a changed source or another
+instruction set builds a new file, and an unchanged one is loaded without compiling. The library is written to
+a temporary file and renamed, so a process never loads half a file, and two processes building at once both end
+with a whole one. No compiler (or a failed build) is not an error here: `load` returns None and `why_not` says
+why, and the callers fall back to PyTorch's own kernels.
+
+The compiler is `$CC`, else `cc`. On x86-64 machines whose kernels may use AVX2 (ATen's CPU capability, which
+`ATEN_CPU_CAPABILITY` can lower) the code is built with `-mavx2 -mfma`; elsewhere for the baseline instruction set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from energy_cli.config.paths import user_cache_dir
+
+log = logging.getLogger(__name__)
+
+BUILD_SECONDS = 120
+_LOADED: dict[str, ctypes.CDLL | None] = {}
+_WHY_NOT: dict[str, str] = {}
+
+
+def source_path(name: str) -> Path:
+    return Path(__file__).with_name(f"{name}.c")
+
+
+def isa_flags() -> list[str]:
+    """-mavx2 -mfma where ATen's kernels may use AVX2 on an x86-64 CPU, else nothing (the baseline ISA)."""
+    import torch
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    except Exception:  # noqa: BLE001 - an older torch without the query: the baseline is always safe
+        return []
+    return ["-mavx2", "-mfma"] if capability.startswith(("AVX2", "AVX512")) else []
+
+
+def compiler() -> str | None:
+    return shutil.which(os.environ.get("CC") or "cc")
+
+
+def build_command(cc: str, source: Path, output: Path) -> list[str]:
+    return [cc, "-O3", "-std=gnu99", "-shared", "-fPIC", *isa_flags(), "-o", str(output), str(source)]
+
+
+def library_path(name: str, cc: str) -> Path:
+    """The cache file of kernel `name` built by `cc` with this machine's flags."""
+    digest = hashlib.sha256()
+    digest.update(source_path(name).read_bytes())
+    digest.update(" ".join([os.path.realpath(cc), *build_command("cc", Path("s"), Path("o"))[1:]]).encode())
+    digest.update(platform.machine().encode())
+    return user_cache_dir() / "kernels" / f"{name}-{digest.hexdigest()[:16]}.so"
+
+
+def build(name: str, cc: str, output: Path) -> None:
+    """Compile kernel `name` into `output` (via a temporary file in the same folder, then a rename)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".so", dir=output.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(build_command(cc, source_path(name), Path(tmp)), capture_output=True, text=True,
+                              timeout=BUILD_SECONDS)
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or ["no message"])[0][:200]
+            raise OSError(f"{Path(cc).name} failed: {first}")
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(name: str) -> ctypes.CDLL | None:
+    """Kernel `name` (`<name>.c` beside this file) as a loaded library, built first if this machine has no copy;
+    None where it cannot be built or loaded (`why_not(name)` says why). Remembered for the process."""
+    if name in _LOADED:
+        return _LOADED[name]
+    lib = None
+    try:
+        cc = compiler()
+        if cc is None:
+            raise OSError(f"no C compiler ({os.environ.get('CC') or 'cc'} not found; set CC)")
+        path = library_path(name, cc)
+        if not path.exists():
+            log.debug(f"building the {name} kernels: {path}")
+            build(name, cc, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as exc:
+        _WHY_NOT[name] = str(exc) or type(exc).__name__
+    _LOADED[name] = lib
+    return lib
+
+
+def why_not(name: str) -> str:
+    """Why `load(name)` returned None ("" when it did not)."""
+    return _WHY_NOT.get(name, "")
+
+
+def forget() -> None:
+    """Drop what this process remembered (tests: a changed $CC or cache folder is looked at again)."""
+    _LOADED.clear()
+    _WHY_NOT.clear()

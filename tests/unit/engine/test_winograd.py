@@ -1,0 +1,217 @@
+"""engine.winograd and engine.kernels: Winograd F(4x4, 3x3) convolutions give the direct convolution's results
+(up to fp32 rounding) with the bias, residual sum and ReLU they take in; batches they do not fit, and machines
+without a C compiler, run the direct convolution; the kernels are built once into the user cache folder."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from energy_cli.engine import kernels, winograd
+from energy_cli.engine.fusion import fold_batchnorm
+from energy_cli.engine.probe import Choices
+from energy_cli.engine.runtime import resolve_winograd
+from energy_cli.engine.winograd import WinogradConv2d
+from energy_cli.errors import UserError
+from energy_cli.models import build_model
+
+CPU = torch.device("cpu")
+needs_cc = pytest.mark.skipif(kernels.compiler() is None, reason="needs a C compiler (cc or $CC)")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kernels():
+    """Each test looks for the kernels afresh (some change $CC or the cache folder), and so does the next module."""
+    kernels.forget()
+    yield
+    kernels.forget()
+
+
+def relative_error(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def conv(c_in, c_out, seed=0, bias=True):
+    torch.manual_seed(seed)
+    layer = nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.05)
+        if bias:
+            layer.bias.normal_(0, 0.5)
+    return layer
+
+
+def test_the_transform_matrices_give_the_direct_convolution_exactly_in_float64():
+    """Y = AT [(G g G^T) * (BT d BT^T)] AT^T, with the module's BT, G and AT, in float64: equal to conv2d to
+    1e-12, so the constants (and the tiling) are right before any C code runs."""
+    layer = conv(8, 16).double()
+    x = torch.randn(2, 8, 12, 8, dtype=torch.float64)
+    with torch.no_grad():
+        direct = F.conv2d(x, layer.weight, layer.bias, padding=1)
+        assert relative_error(winograd.reference(x, layer.weight, layer.bias), direct) < 1e-12
+
+
+@needs_cc
+@pytest.mark.parametrize("n, c_in, c_out, h, w", [(2, 64, 64, 8, 8), (3, 64, 128, 4, 12), (1, 128, 64, 16, 4)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_the_kernels_match_conv2d_with_bias_residual_and_relu(monkeypatch, n, c_in, c_out, h, w, relu,
+                                                               with_residual):
+    layer = conv(c_in, c_out)
+    x = torch.randn(n, c_in, h, w).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(n, c_out, h, w) if with_residual else None
+    with torch.no_grad():
+        expected = layer(x) + (residual if with_residual else 0)
+        expected = F.relu(expected) if relu else expected
+        module = WinogradConv2d(layer, relu=relu)
+        monkeypatch.setattr(WinogradConv2d, "direct", lambda *a: pytest.fail("took the direct convolution"))
+        got = module(x, residual)
+    assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(got, expected) < 2e-5
+    if relu:
+        assert float(got.min()) == 0.0
+
+
+@needs_cc
+def test_contiguous_inputs_and_any_thread_count_give_the_same_values():
+    """Each tile is computed on its own, so how the tiles are split among threads changes nothing."""
+    module = WinogradConv2d(conv(64, 64), relu=True)
+    x = torch.randn(5, 64, 8, 8)
+    saved = torch.get_num_threads()
+    try:
+        outputs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                outputs.append(module(x))
+    finally:
+        torch.set_num_threads(saved)
+    assert all(torch.equal(outputs[0], o) for o in outputs[1:])
+
+
+@pytest.mark.parametrize("case", ["side of 6", "float64", "input gradients"])
+def test_batches_it_does_not_fit_run_the_direct_convolution(case):
+    layer = conv(64, 64)
+    module = WinogradConv2d(layer, relu=True)
+    x = torch.randn(2, 64, 6 if case == "side of 6" else 8, 8)
+    if case == "float64":
+        layer, module, x = layer.double(), module.double(), x.double()
+    if case == "input gradients":   # ODIN and Mahalanobis perturb the input along the score's gradient
+        xs = [x.clone().requires_grad_(True) for _ in range(2)]
+        F.relu(layer(xs[0])).sum().backward()
+        module(xs[1]).sum().backward()
+        assert torch.allclose(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-6)
+        return
+    with torch.no_grad():
+        assert torch.equal(module(x), F.relu(layer(x)))
+
+
+def trained_looking(backbone, channels):
+    torch.manual_seed(0)
+    model = build_model(backbone, 10, channels)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    return model.eval()
+
+
+@needs_cc
+@pytest.mark.parametrize("backbone, channels, size, replaced, relus, residuals", [
+    # WRN-40-2: in its 64- and 128-channel stages every 3x3 convolution but the first (stride 2, 32 or 64 inputs)
+    # of each: 5 conv1 (+ ReLU) and 6 conv2 (+ the residual sum) per stage
+    ({"name": "wrn40_2"}, 3, 32, 22, 10, 12),
+    # ResNet-18 at 32x32: every 3x3 convolution but the three with stride 2 (layer4's maps are 4x4); each
+    # of the 8 blocks' second convolutions takes in the sum and the ReLU after it
+    ({"name": "resnet18"}, 3, 32, 13, 13, 8),
+    ({"name": "small_cnn"}, 1, 8, 1, 1, 0),   # the default backbone: its one 64-to-64 layer, at 4x4
+])
+def test_a_folded_model_converted_gives_the_same_logits_and_features(backbone, channels, size, replaced, relus,
+                                                                     residuals):
+    folded = fold_batchnorm(trained_looking(backbone, channels))
+    converted = fold_batchnorm(trained_looking(backbone, channels))
+    assert winograd.convert(converted) == replaced
+    layers = [m for m in converted.modules() if isinstance(m, WinogradConv2d)]
+    assert (len(layers), sum(m.relu for m in layers)) == (replaced, relus)
+    body = next(m for m in converted.modules() if isinstance(m, torch.fx.GraphModule))
+    calls = [n for n in body.graph.nodes if n.op == "call_module" and n.target.startswith("winograd_")]
+    assert sum(len(n.args) == 2 for n in calls) == residuals
+    x = torch.randn(4, channels, size, size)
+    with torch.inference_mode():
+        logits, feats = folded.forward_with_features(x)
+        logits2, feats2 = converted.forward_with_features(x)
+    assert relative_error(logits2, logits) < 1e-4 and relative_error(feats2, feats) < 1e-4
+
+
+def test_a_model_that_was_not_traced_is_left_alone():
+    model = trained_looking({"name": "small_cnn"}, 1)
+    assert winograd.convert(model) == 0
+    assert not any(isinstance(m, WinogradConv2d) for m in model.modules())
+
+
+@needs_cc
+def test_the_kernels_are_built_once_into_the_user_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert winograd.available()
+    built = list((tmp_path / "energy-ood" / "kernels").iterdir())
+    assert len(built) == 1 and built[0].name.startswith("winograd-") and built[0].suffix == ".so"
+    kernels.forget()
+    monkeypatch.setattr(kernels, "build", lambda *a: pytest.fail("built again"))
+    assert winograd.available()
+
+
+@pytest.mark.parametrize("cc, why", [("/nonexistent/cc", "no C compiler"), ("false", "false failed")])
+def test_without_working_kernels_the_direct_path_runs_and_true_is_refused(tmp_path, monkeypatch, cc, why):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", cc)
+    if cc == "false" and kernels.compiler() is None:
+        pytest.skip("no `false` program")
+    assert not winograd.available() and why in winograd.why_unavailable()
+    assert not any((tmp_path / "energy-ood" / "kernels").glob("*")) if (tmp_path / "energy-ood").exists() else True
+    keen = Choices(bf16=False, channels_last=True, eval_batch_size=128, threads=1, winograd=True)
+    assert resolve_winograd("auto", CPU, None, choices=keen) is False
+    with pytest.raises(UserError, match=r"^winograd=true needs its C kernels, which could not be built here \(.*"
+                                        r"\); install a C compiler, or use winograd=auto or false$"):
+        resolve_winograd("true", CPU, None)
+    layer = conv(64, 64)
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(WinogradConv2d(layer)(x), layer(x))
+
+
+@needs_cc
+def test_auto_follows_the_probe_on_a_cpu_in_fp32_and_explicit_values_win():
+    keen = Choices(bf16=False, channels_last=True, eval_batch_size=128, threads=1, winograd=True)
+    slow = Choices(bf16=False, channels_last=True, eval_batch_size=128, threads=1, winograd=False)
+    assert resolve_winograd("auto", CPU, None, choices=keen) is True
+    assert resolve_winograd("auto", CPU, None, choices=slow) is False
+    assert resolve_winograd("auto", CPU, None) is False                         # no probe (probe=off): no
+    assert resolve_winograd("auto", CPU, torch.bfloat16, choices=keen) is False
+    assert resolve_winograd("auto", CPU, None, int8=True, choices=keen) is False
+    assert resolve_winograd("auto", CPU, None, compile=True, choices=keen) is False
+    assert resolve_winograd("auto", torch.device("cuda"), None, choices=keen) is False
+    assert resolve_winograd(True, CPU, None, choices=slow) is True
+    assert resolve_winograd("false", CPU, None, choices=keen) is False
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ({"device": torch.device("cuda")}, "device cuda"),
+    ({"dtype": torch.bfloat16}, "bf16"),
+    ({"int8": True}, "precision=int8"),
+    ({"compile": True}, "compile=true"),
+])
+def test_true_where_it_cannot_apply_is_refused_with_one_line(kwargs, why):
+    args = {"device": CPU, "dtype": None, **kwargs}
+    with pytest.raises(UserError, match=f"^winograd=true runs on a CPU in fp32 without compile, not with {why}; "
+                                        "use winograd=auto or winograd=false$"):
+        resolve_winograd("true", args.pop("device"), args.pop("dtype"), **args)
+
+
+def test_the_key_is_validated(compose):
+    from energy_cli.commands.validate import validate
+
+    validate(compose("eval", ["winograd=false"]))
+    with pytest.raises(UserError, match="winograd='often' must be auto, true or false"):
+        validate(compose("score", ["winograd=often"]))
