@@ -98,7 +98,11 @@ def load(name: str) -> ctypes.CDLL | None:
         if not path.exists():
             log.debug(f"building the {name} kernels: {path}")
             build(name, cc, path)
-        lib = ctypes.CDLL(str(path))
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:   # a damaged copy (a full disk, another machine sharing this home): build it again, once
+            build(name, cc, path)
+            lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
         _WHY_NOT[name] = str(exc) or type(exc).__name__
     _LOADED[name] = lib

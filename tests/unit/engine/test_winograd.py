@@ -2,6 +2,9 @@
 (up to fp32 rounding) with the bias, residual sum and ReLU they take in; batches they do not fit, and machines
 without a C compiler, run the direct convolution; the kernels are built once into the user cache folder."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -160,6 +163,19 @@ def test_the_kernels_are_built_once_into_the_user_cache_folder(tmp_path, monkeyp
     kernels.forget()
     monkeypatch.setattr(kernels, "build", lambda *a: pytest.fail("built again"))
     assert winograd.available()
+
+
+@needs_cc
+def test_a_damaged_copy_is_built_again(tmp_path, monkeypatch):
+    """In a fresh process (this one has the library loaded, and the loader would hand it out again)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = kernels.library_path(winograd.KERNELS, kernels.compiler())
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a shared library")
+    code = "from energy_cli.engine import winograd; print(winograd.available(), winograd.why_unavailable())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
+    assert path.read_bytes() != b"not a shared library"
 
 
 @pytest.mark.parametrize("cc, why", [("/nonexistent/cc", "no C compiler"), ("false", "false failed")])
