@@ -209,10 +209,9 @@ def convert_graph(gm: fx.GraphModule) -> int:
         if node.op != "call_module" or not fits(modules.get(node.target)):
             continue
         fused = [node]
-        residual = None
         user = _only_user(node)
-        if user is not None and _residual_of(user, node) is not None:
-            residual = _residual_of(user, node)
+        residual = _residual_of(user, node) if user is not None else None
+        if residual is not None:
             fused.append(user)
             user = _only_user(user)
         relu = user is not None and _is_relu(user, modules)

@@ -16,7 +16,7 @@ from energy_cli.engine.probe import Choices
 from energy_cli.engine.runtime import resolve_winograd
 from energy_cli.engine.winograd import WinogradConv2d
 from energy_cli.errors import UserError
-from energy_cli.models import build_model
+from trained_models import trained_looking
 
 CPU = torch.device("cpu")
 needs_cc = pytest.mark.skipif(kernels.compiler() is None, reason="needs a C compiler (cc or $CC)")
@@ -109,16 +109,6 @@ def test_batches_it_does_not_fit_run_the_direct_convolution(case):
         assert torch.equal(module(x), F.relu(layer(x)))
 
 
-def trained_looking(backbone, channels):
-    torch.manual_seed(0)
-    model = build_model(backbone, 10, channels)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.2)
-    return model.eval()
 
 
 @needs_cc
