@@ -109,6 +109,31 @@ def load(name: str) -> ctypes.CDLL | None:
     return lib
 
 
+OPENMP_RUNTIMES = ("libgomp", "libiomp5")
+
+
+def openmp_entry_points() -> tuple[int, int, int] | None:
+    """The addresses of GOMP_parallel, omp_get_thread_num and omp_get_num_threads in the OpenMP runtime this
+    process has loaded (PyTorch's: GNU libgomp, or Intel's libiomp5, which offers the same entry points), so
+    that kernels run on PyTorch's own thread team; None where none is loaded (another parallel backend, not
+    Linux)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(maxsplit=5)[-1].strip() for line in maps if "/lib" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        if not os.path.basename(path).startswith(OPENMP_RUNTIMES) or not os.path.exists(path):
+            continue
+        try:
+            runtime = ctypes.CDLL(path)
+            names = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+            return tuple(ctypes.cast(getattr(runtime, n), ctypes.c_void_p).value for n in names)
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 def why_not(name: str) -> str:
     """Why `load(name)` returned None ("" when it did not)."""
     return _WHY_NOT.get(name, "")

@@ -35,7 +35,7 @@ from energy_cli.config.paths import user_cache_dir
 
 log = logging.getLogger(__name__)
 
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 MARGIN = 1.05        # a candidate must be at least 5% faster than the default to replace it
 BF16_MARGIN = 1.25   # bf16 must be at least 25% faster than the best fp32 path
 EVAL_BATCHES = (64, 128, 256)
@@ -53,7 +53,7 @@ class Timings:
     threads: dict[int, float] = field(default_factory=dict)   # thread count -> conv seconds (when tried)
     matmul_fp32_gflops: float = 0.0
     matmul_bf16_gflops: float = 0.0
-    layers_direct: float = 0.0                # WRN-40-2's two deeper stages' layers, direct (see winograd_step)
+    layers_direct: float = 0.0                # a layer of each of WRN-40-2's stages, direct (stage_layers)
     layers_winograd: float | None = None      # the same as Winograd F(4x4, 3x3); None where it cannot be built
 
 
@@ -192,13 +192,13 @@ def conv_step(batch: int, memory_format: torch.memory_format, bf16: bool = False
 
 
 def stage_layers(batch: int, memory_format: torch.memory_format, winograd: bool = False) -> Callable[[], object]:
-    """A 3x3 convolution + ReLU on 64 channels at 16x16 and one on 128 channels at 8x8 (WRN-40-2's two deeper
-    stages, where eval's Winograd convolutions apply), direct or as engine.winograd computes them."""
+    """A 3x3 convolution + ReLU at each of WRN-40-2's stages (32 channels at 32x32, 64 at 16x16, 128 at 8x8,
+    where eval's Winograd convolutions apply), direct or as engine.winograd computes them."""
     from energy_cli.engine.winograd import WinogradConv2d
 
     g = torch.Generator().manual_seed(0)
     layers = []
-    for channels, side in ((64, 16), (128, 8)):
+    for channels, side in ((32, 32), (64, 16), (128, 8)):
         x = torch.randn(batch, channels, side, side, generator=g).contiguous(memory_format=memory_format)
         conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
         with torch.no_grad():

@@ -1,25 +1,31 @@
-/* Winograd F(4x4, 3x3): the two tile transforms of a 3x3 convolution (stride 1, zero padding 1), for
- * energy_cli.engine.winograd, which does the matrix products between them with torch.bmm.
+/* Winograd F(4x4, 3x3) 3x3 convolutions (stride 1, zero padding 1) for energy_cli.engine.winograd.
  *
  * Tensors are float32 in NHWC order (PyTorch's channels_last); channel counts are multiples of 8, and H and W
  * multiples of 4. Each tile is 4x4 output pixels, read from the 6x6 input pixels around it; tiles are numbered
  * t = (n * H/4 + ty) * W/4 + tx, and each call handles the tiles [t0, t1) (the caller splits them among threads).
  * Vectors of 8 floats (GCC/Clang vector extensions) run along the channels, which are contiguous in NHWC.
  *
- *   wino_input:  V[k][t][c] = (BT d BT^T)[i][j], k = 6 i + j, d = the tile's 6x6 input pixels of channel c
- *   wino_output: y = AT M AT^T + bias (+ residual), then max(y, 0) if relu; M[k][t][o] from the products
+ * wino_fused takes one block of tiles at a time through three steps, so that the block's V and M stay in the
+ * core's cache (through memory, the transforms' traffic cost as much as the products on a 2-core AVX2 CPU):
+ *
+ *   input transform:  V[k][t][c] = (BT d BT^T)[i][j], k = 6 i + j, d = the tile's 6x6 input pixels of channel c
+ *   products:         M[k] = V[k] U[k] for the 36 positions k (U = the transformed filters, 36 x C x K), in
+ *                     panels of 6 tiles x 16 output channels held in 12 vector registers
+ *   output transform: y = AT M AT^T + bias (+ residual), then max(y, 0) if relu
  *
  * BT and AT are written out below as sums (their rows are in energy_cli/engine/winograd.py). */
 #include <stdint.h>
+#include <stdlib.h>
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 static const float ZERO[8] = {0};
 typedef int32_t vi8 __attribute__((vector_size(32)));
 static inline v8 vmax(v8 a, v8 b) { vi8 m = a > b; return (v8)(((vi8)a & m) | ((vi8)b & ~m)); }
 
-/* V (36, T, C) from x (N, H, W, C). */
-void wino_input(const float *restrict x, float *restrict V, int64_t N, int64_t H, int64_t W, int64_t C,
-                int64_t t0, int64_t t1) {
-    int64_t Ty = H / 4, Tx = W / 4, T = N * Ty * Tx, s = T * C;
+/* The input transform of tiles [t0, t1): tile t goes to V + k * s + (t - base) * C for k = 0..35. */
+static inline void input_tiles(const float *restrict x, float *restrict V, int64_t s, int64_t base, int64_t N,
+                               int64_t H, int64_t W, int64_t C, int64_t t0, int64_t t1) {
+    int64_t Ty = H / 4, Tx = W / 4;
+    (void)N;
     for (int64_t t = t0; t < t1; t++) {
         int64_t n = t / (Ty * Tx), r = t % (Ty * Tx), ty = r / Tx, tx = r % Tx;
         const float *src[6][6];
@@ -33,7 +39,7 @@ void wino_input(const float *restrict x, float *restrict V, int64_t N, int64_t H
                 step[a][b] = in ? 8 : 0;
             }
         }
-        float *dst = V + t * C;
+        float *dst = V + (t - base) * C;
         for (int64_t c = 0; c < C; c += 8) {
             v8 u[6][6];
             for (int b = 0; b < 6; b++) {
@@ -61,17 +67,18 @@ void wino_input(const float *restrict x, float *restrict V, int64_t N, int64_t H
     }
 }
 
-/* y (N, H, W, Co) from M (36, T, Co); bias (Co) or NULL; res (N, H, W, Co) or NULL. */
-void wino_output(const float *restrict M, const float *restrict bias, const float *restrict res, float *restrict y,
-                 int64_t N, int64_t H, int64_t W, int64_t Co, int relu, int64_t t0, int64_t t1) {
-    int64_t Ty = H / 4, Tx = W / 4, T = N * Ty * Tx, s = T * Co;
+/* The output transform of tiles [t0, t1): tile t's products are at M + k * s + (t - base) * Co. */
+static inline void output_tiles(const float *restrict M, int64_t s, int64_t base, const float *restrict bias,
+                                const float *restrict res, float *restrict y, int64_t H, int64_t W, int64_t Co,
+                                int relu, int64_t t0, int64_t t1) {
+    int64_t Ty = H / 4, Tx = W / 4;
     v8 zero = {0};
     for (int64_t t = t0; t < t1; t++) {
         int64_t n = t / (Ty * Tx), r = t % (Ty * Tx), ty = r / Tx, tx = r % Tx;
         for (int64_t c = 0; c < Co; c += 8) {
             v8 o[4][6];
             for (int j = 0; j < 6; j++) {
-                const float *q = M + (int64_t)j * s + t * Co + c;
+                const float *q = M + (int64_t)j * s + (t - base) * Co + c;
                 v8 m0 = *(const v8 *)(q), m1 = *(const v8 *)(q + 6 * s), m2 = *(const v8 *)(q + 12 * s);
                 v8 m3 = *(const v8 *)(q + 18 * s), m4 = *(const v8 *)(q + 24 * s), m5 = *(const v8 *)(q + 30 * s);
                 v8 a = m1 + m2, b = m1 - m2, e = m3 + m4, f = m3 - m4;
@@ -99,4 +106,103 @@ void wino_output(const float *restrict M, const float *restrict bias, const floa
             }
         }
     }
+}
+
+/* R rows (R <= ROWS) of out (row stride ldo) = A (rows of length C, stride lda) times B (C x 8 NV, stride ldb),
+ * for NV = 1 or 2 vectors of output channels: the register-blocked inner loop of the products. */
+#define ROWS 6
+static inline void panel(const float *restrict A, int64_t lda, const float *restrict B, int64_t ldb,
+                         float *restrict out, int64_t ldo, int64_t C, int R, int NV) {
+    v8 acc[ROWS][2] = {{{0}}};
+    for (int64_t p = 0; p < C; p++) {
+        v8 b0 = *(const v8 *)(B + p * ldb), b1 = NV > 1 ? *(const v8 *)(B + p * ldb + 8) : b0;
+        for (int r = 0; r < ROWS; r++) {
+            if (r >= R) break;
+            float a = A[r * lda + p];
+            acc[r][0] += a * b0;
+            if (NV > 1) acc[r][1] += a * b1;
+        }
+    }
+    for (int r = 0; r < ROWS; r++) {
+        if (r >= R) break;
+        *(v8 *)(out + r * ldo) = acc[r][0];
+        if (NV > 1) *(v8 *)(out + r * ldo + 8) = acc[r][1];
+    }
+}
+
+/* out (rows x K, stride K) = A (rows x C, stride C) times B (C x K, stride K). */
+static void products(const float *restrict A, const float *restrict B, float *restrict out, int64_t rows,
+                     int64_t C, int64_t K) {
+    for (int64_t j = 0; j < K; j += 16) {
+        int wide = K - j >= 16;
+        for (int64_t r = 0; r < rows; r += ROWS) {
+            int R = rows - r >= ROWS ? ROWS : (int)(rows - r);
+            if (R == ROWS && wide) panel(A + r * C, C, B + j, K, out + r * K + j, K, C, ROWS, 2);
+            else if (wide) panel(A + r * C, C, B + j, K, out + r * K + j, K, C, R, 2);
+            else panel(A + r * C, C, B + j, K, out + r * K + j, K, C, R, 1);
+        }
+    }
+}
+
+/* y (N, H, W, K) = the convolution of x (N, H, W, C) with the transformed filters U (36, C, K), + bias (K) (+ res),
+ * then max(y, 0) if relu, for tiles [t0, t1), `block` tiles at a time. Returns 0, or -1 where the scratch memory
+ * could not be allocated (nothing written then). */
+int wino_fused(const float *restrict x, const float *restrict U, const float *restrict bias,
+               const float *restrict res, float *restrict y, int64_t N, int64_t H, int64_t W, int64_t C,
+               int64_t K, int relu, int64_t block, int64_t t0, int64_t t1) {
+    float *V = NULL;
+    if (posix_memalign((void **)&V, 64, (size_t)(36 * block * (C + K)) * sizeof(float))) return -1;
+    float *M = V + 36 * block * C;
+    for (int64_t b0 = t0; b0 < t1; b0 += block) {
+        int64_t b1 = b0 + block < t1 ? b0 + block : t1, n = b1 - b0;
+        input_tiles(x, V, block * C, b0, N, H, W, C, b0, b1);
+        for (int k = 0; k < 36; k++)
+            products(V + k * block * C, U + (int64_t)k * C * K, M + k * block * K, n, C, K);
+        output_tiles(M, block * K, b0, bias, res, y, H, W, K, relu, b0, b1);
+    }
+    free(V);
+    return 0;
+}
+
+/* The threads: PyTorch's own OpenMP thread team where the caller hands over the runtime's entry points
+ * (GOMP_parallel, omp_get_thread_num, omp_get_num_threads: the same ABI in libgomp and Intel's libiomp5). Its
+ * idle threads spin for a while after each of PyTorch's parallel operations; threads of another pool would share
+ * the cores with them, and measured that way each layer took half as long again. */
+typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*int_fn)(void);
+static parallel_fn omp_parallel;
+static int_fn omp_thread_num, omp_num_threads;
+
+void wino_use_openmp(void *parallel, void *thread_num, void *num_threads) {
+    omp_parallel = (parallel_fn)parallel;
+    omp_thread_num = (int_fn)thread_num;
+    omp_num_threads = (int_fn)num_threads;
+}
+
+struct job {
+    const float *x, *U, *bias, *res;
+    float *y;
+    int64_t N, H, W, C, K, block;
+    int relu, failed;
+};
+
+static void job_part(void *p) {
+    struct job *j = p;
+    int64_t tiles = j->N * (j->H / 4) * (j->W / 4), parts = omp_num_threads(), i = omp_thread_num();
+    int64_t blocks = (tiles + j->block - 1) / j->block, per = (blocks + parts - 1) / parts;
+    int64_t t0 = i * per * j->block, t1 = (i + 1) * per * j->block;
+    if (t1 > tiles) t1 = tiles;
+    if (t0 < t1 && wino_fused(j->x, j->U, j->bias, j->res, j->y, j->N, j->H, j->W, j->C, j->K, j->relu, j->block,
+                              t0, t1))
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+}
+
+/* wino_fused over all tiles with `threads` threads of the OpenMP team (wino_use_openmp first); -1 when not set up
+ * or out of memory. */
+int wino_parallel(const float *x, const float *U, const float *bias, const float *res, float *y, int64_t N,
+                  int64_t H, int64_t W, int64_t C, int64_t K, int relu, int64_t block, int threads) {
+    if (!omp_parallel) return -1;
+    struct job j = {x, U, bias, res, y, N, H, W, C, K, block, relu, 0};
+    omp_parallel(job_part, &j, (unsigned)threads, 0);
+    return j.failed ? -1 : 0;
 }

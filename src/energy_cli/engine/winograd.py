@@ -9,18 +9,18 @@ instead of 144 (4x fewer multiplications):
 for a 3x3 filter g, a 6x6 input tile d and the constant matrices BT (6x6), G (6x3), AT (4x6) below (the
 interpolation points 0, 1, -1, 2, -2 and infinity). Over channels it becomes: U[k] = (G g G^T)[k] for each
 filter (once, when the model is prepared), V[k] = (BT d BT^T)[k] for each tile (the input transform), then for
-each of the 36 positions k one matrix product M[k] = V[k] U[k] over the input channels (torch.bmm), and the output
-transform Y = AT M AT^T per tile, with the bias, the residual sum and the ReLU that follow the convolution applied
-as Y is written. The transforms are C loops (`winograd.c`, engine.kernels), split among torch's threads.
+each of the 36 positions k one matrix product M[k] = V[k] U[k] over the input channels, and the output transform
+Y = AT M AT^T per tile, with the bias, the residual sum and the ReLU that follow the convolution applied as Y is
+written. All three run in C (`winograd.c`, engine.kernels) on blocks of tiles small enough for V and M to stay in
+a core's cache (`block_size`); the tiles are split among torch's threads.
 
 The result equals the direct convolution up to floating-point rounding (the transforms add terms up to 8x the
-inputs' size: relative differences of about 1e-6 in the tests, 1e-5 at most on WRN-40-2's logits), and it is
-faster only where the matrix products are large enough: measured on a 2-core AVX2 CPU, a 64-channel 16x16 layer
-took 9.3 ms against 11.2 ms direct and a 128-channel 8x8 layer 5.5 against 10.2 ms, while 32 channels at 32x32
-were no faster (docs/performance.md). So only convolutions with at least MIN_CHANNELS input channels are replaced,
-`winograd=auto` uses it only where the probe timed it faster on this machine, and a batch it does not fit (a
-side not a multiple of 4, another dtype or device, an input that needs gradients: ODIN) runs the direct
-convolution instead.
+inputs' size: relative differences of about 1e-6 in the tests, 1e-5 at most on WRN-40-2's logits). Measured on a
+2-core AVX2 CPU (docs/performance.md), each of WRN-40-2's layers took about half the time of the direct
+convolution (32 channels at 32x32: 12.5 against 24.5 ms for a batch of 256). Convolutions with fewer than
+MIN_CHANNELS input channels are left alone, `winograd=auto` uses it only where the probe timed it faster on this
+machine, and a batch it does not fit (a side not a multiple of 4, another dtype or device, an input that needs
+gradients: ODIN) runs the direct convolution instead.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from torch import fx, nn
 from energy_cli.engine import kernels
 
 KERNELS = "winograd"
-MIN_CHANNELS = 64
+MIN_CHANNELS = 16
+CACHE_BYTES = 384 * 1024      # V and M of one block of tiles (a core's L2 cache holds them, with U[k])
 
 BT = ((4, 0, -5, 0, 1, 0),
       (0, -4, -4, 1, 1, 0),
@@ -89,10 +90,16 @@ def _library() -> ctypes.CDLL | None:
     lib = kernels.load(KERNELS)
     if lib is not None and not getattr(lib, "_typed", False):
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        lib.wino_input.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i64]
-        lib.wino_input.restype = None
-        lib.wino_output.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64, i64]
-        lib.wino_output.restype = None
+        lib.wino_fused.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int, i64, i64, i64]
+        lib.wino_fused.restype = ctypes.c_int
+        lib.wino_parallel.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int, i64, ctypes.c_int]
+        lib.wino_parallel.restype = ctypes.c_int
+        lib.wino_use_openmp.argtypes = [ptr, ptr, ptr]
+        lib.wino_use_openmp.restype = None
+        entry_points = kernels.openmp_entry_points()
+        if entry_points is not None:
+            lib.wino_use_openmp(*entry_points)
+        lib._openmp = entry_points is not None
         lib._typed = True
     return lib
 
@@ -100,22 +107,27 @@ def _library() -> ctypes.CDLL | None:
 _POOL: dict[int, ThreadPoolExecutor] = {}
 
 
-def _split(fn, tiles: int, *args) -> None:
+def _split(fn, tiles: int, *args) -> list:
     """fn(*args, t0, t1) over [0, tiles) in torch.get_num_threads() parts: this thread runs the last part, a
-    small pool the others (ctypes releases the GIL while C runs)."""
+    small pool the others (ctypes releases the GIL while C runs). Returns the parts' results."""
     parts = max(1, min(torch.get_num_threads(), tiles))
     step = -(-tiles // parts)
     bounds = [(a, min(tiles, a + step)) for a in range(0, tiles, step)]
     if len(bounds) == 1:
-        fn(*args, 0, tiles)
-        return
+        return [fn(*args, 0, tiles)]
     pool = _POOL.get(len(bounds) - 1)
     if pool is None:
         pool = _POOL[len(bounds) - 1] = ThreadPoolExecutor(len(bounds) - 1, thread_name_prefix="winograd")
     futures = [pool.submit(fn, *args, a, b) for a, b in bounds[:-1]]
-    fn(*args, *bounds[-1])
-    for f in futures:
-        f.result()
+    last = fn(*args, *bounds[-1])
+    return [f.result() for f in futures] + [last]
+
+
+def block_size(c_in: int, c_out: int) -> int:
+    """Tiles per block: V (36 x block x c_in floats) and M (36 x block x c_out) within CACHE_BYTES, a multiple of
+    6 (the products' panel height) from 12 to 48 (measured best for 16 to 256 channels, docs/performance.md)."""
+    block = CACHE_BYTES // (36 * 4 * (c_in + c_out))
+    return max(12, min(48, block - block % 6))
 
 
 def fits(conv: nn.Module) -> bool:
@@ -153,23 +165,26 @@ class WinogradConv2d(nn.Module):
         n, c, h, w = x.shape
         lib = _library()
         if (lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or h % 4 or w % 4
+                or c != self.u.shape[1] or self.u.dtype != torch.float32
                 or (torch.is_grad_enabled() and x.requires_grad)
                 or (residual is not None and (residual.dtype != torch.float32 or residual.shape[1:] != (self.u.shape[2], h, w)))):
             return self.direct(x, residual)
         x = x.contiguous(memory_format=torch.channels_last)
-        tiles = n * (h // 4) * (w // 4)
-        v = torch.empty((36, tiles, c), dtype=torch.float32)
-        _split(lib.wino_input, tiles, x.data_ptr(), v.data_ptr(), n, h, w, c)
-        m = torch.bmm(v, self.u)
-        del v
         out = self.u.shape[2]
         y = torch.empty((n, out, h, w), dtype=torch.float32, memory_format=torch.channels_last)
         res = None
         if residual is not None:
             residual = residual.contiguous(memory_format=torch.channels_last)
             res = residual.data_ptr()
-        _split(lib.wino_output, tiles, m.data_ptr(), self.bias.data_ptr(), res, y.data_ptr(), n, h, w, out,
-               int(self.relu))
+        args = (x.data_ptr(), self.u.data_ptr(), self.bias.data_ptr(), res, y.data_ptr(), n, h, w, c, out,
+                int(self.relu), block_size(c, out))
+        threads = torch.get_num_threads()
+        if lib._openmp and threads > 1:
+            done = [lib.wino_parallel(*args, threads)]
+        else:
+            done = _split(lib.wino_fused, n * (h // 4) * (w // 4), *args)
+        if any(done):
+            raise MemoryError("the Winograd convolution could not allocate its scratch memory")
         return y
 
 

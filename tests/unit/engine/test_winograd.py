@@ -55,7 +55,13 @@ def test_the_transform_matrices_give_the_direct_convolution_exactly_in_float64()
 
 
 @needs_cc
-@pytest.mark.parametrize("n, c_in, c_out, h, w", [(2, 64, 64, 8, 8), (3, 64, 128, 4, 12), (1, 128, 64, 16, 4)])
+@pytest.mark.parametrize("n, c_in, c_out, h, w", [
+    (2, 64, 64, 8, 8), (3, 64, 128, 4, 12), (1, 128, 64, 16, 4),
+    # 96 tiles: two blocks of 48 (winograd.block_size); 24 outputs: a panel of 16 channels and one of 8
+    (3, 16, 24, 16, 32),
+    # one tile (a panel of 1 row, not 6), 40 inputs, 8 outputs
+    (1, 40, 8, 4, 4),
+])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_the_kernels_match_conv2d_with_bias_residual_and_relu(monkeypatch, n, c_in, c_out, h, w, relu,
@@ -76,10 +82,18 @@ def test_the_kernels_match_conv2d_with_bias_residual_and_relu(monkeypatch, n, c_
 
 
 @needs_cc
-def test_contiguous_inputs_and_any_thread_count_give_the_same_values():
-    """Each tile is computed on its own, so how the tiles are split among threads changes nothing."""
+@pytest.mark.parametrize("team", ["openmp", "pool"])
+def test_contiguous_inputs_and_any_thread_count_give_the_same_values(monkeypatch, team):
+    """Each tile is computed on its own, so how the tiles are split among threads changes nothing: on PyTorch's
+    OpenMP team (where this process has one) or on the module's own thread pool."""
+    lib = winograd._library()
+    if team == "openmp" and not lib._openmp:
+        pytest.skip("this PyTorch runs no OpenMP runtime")
+    monkeypatch.setattr(lib, "_openmp", team == "openmp")
     module = WinogradConv2d(conv(64, 64), relu=True)
-    x = torch.randn(5, 64, 8, 8)
+    x = torch.randn(5, 64, 12, 8)
+    with torch.no_grad():
+        expected = F.relu(module.direct(x, None))
     saved = torch.get_num_threads()
     try:
         outputs = []
@@ -90,6 +104,25 @@ def test_contiguous_inputs_and_any_thread_count_give_the_same_values():
     finally:
         torch.set_num_threads(saved)
     assert all(torch.equal(outputs[0], o) for o in outputs[1:])
+    assert relative_error(outputs[0], expected) < 2e-5
+
+
+def test_the_openmp_runtime_is_found_where_pytorch_uses_one():
+    """PyTorch's OpenMP team is what the kernels run on: its entry points are found in this process's memory
+    map whenever PyTorch's parallel backend is OpenMP."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this PyTorch's parallel backend is not OpenMP")
+    points = kernels.openmp_entry_points()
+    assert points is not None and len(points) == 3 and all(isinstance(p, int) and p > 0 for p in points)
+
+
+@pytest.mark.parametrize("c_in, c_out, block", [(32, 32, 42), (16, 32, 54), (64, 64, 18), (128, 128, 12),
+                                                 (256, 256, 12), (8, 8, 48)])
+def test_the_block_of_tiles_fits_the_cache_budget_in_multiples_of_six(c_in, c_out, block):
+    """block = CACHE_BYTES / (36 x 4 bytes x (c_in + c_out)), down to a multiple of 6, within [12, 48]."""
+    got = winograd.block_size(c_in, c_out)
+    assert got == min(block, 48)
+    assert got % 6 == 0 and (got == 12 or 36 * 4 * got * (c_in + c_out) <= winograd.CACHE_BYTES)
 
 
 @pytest.mark.parametrize("case", ["side of 6", "float64", "input gradients"])
@@ -113,13 +146,14 @@ def test_batches_it_does_not_fit_run_the_direct_convolution(case):
 
 @needs_cc
 @pytest.mark.parametrize("backbone, channels, size, replaced, relus, residuals", [
-    # WRN-40-2: in its 64- and 128-channel stages every 3x3 convolution but the first (stride 2, 32 or 64 inputs)
-    # of each: 5 conv1 (+ ReLU) and 6 conv2 (+ the residual sum) per stage
-    ({"name": "wrn40_2"}, 3, 32, 22, 10, 12),
+    # WRN-40-2: every 3x3 convolution but the stem (3 inputs) and the first of the 2nd and 3rd stages (stride 2):
+    # 6 + 5 + 5 conv1 (+ ReLU) and 6 conv2 (+ the residual sum) per stage
+    ({"name": "wrn40_2"}, 3, 32, 34, 16, 18),
     # ResNet-18 at 32x32: every 3x3 convolution but the three with stride 2 (layer4's maps are 4x4); each
     # of the 8 blocks' second convolutions takes in the sum and the ReLU after it
     ({"name": "resnet18"}, 3, 32, 13, 13, 8),
-    ({"name": "small_cnn"}, 1, 8, 1, 1, 0),   # the default backbone: its one 64-to-64 layer, at 4x4
+    # the default backbone: all but its first layer (1 input): 32 to 32 at 8x8, 32 to 64 and 64 to 64 at 4x4
+    ({"name": "small_cnn"}, 1, 8, 3, 3, 0),
 ])
 def test_a_folded_model_converted_gives_the_same_logits_and_features(backbone, channels, size, replaced, relus,
                                                                      residuals):
