@@ -56,7 +56,9 @@ def runtime_from_config(cfg: Any) -> Runtime:
         raise UserError(f"precision=int8 runs on a CPU (PyTorch's x86 int8 kernels), not on {device}; add device=cpu, "
                         "or use precision=bf16 on a GPU")
     winograd = resolve_winograd(cfg.get("winograd", "auto"), device, dtype, int8, bool(cfg.compile), choices)
-    return Runtime(device=device, dtype=dtype, winograd=winograd,
+    winograd_train = resolve_winograd(cfg.get("winograd", "auto"), device, dtype, int8, bool(cfg.compile), choices,
+                                      training=True)
+    return Runtime(device=device, dtype=dtype, winograd=winograd, winograd_train=winograd_train,
                    channels_last=resolve_channels_last(cfg.get("channels_last", "auto"), device, dtype, choices),
                    progress=progress_enabled(cfg.progress) and group.is_main,
                    compile=bool(cfg.compile),

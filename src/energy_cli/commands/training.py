@@ -135,7 +135,8 @@ def train_and_save(cfg: DictConfig, run_dir: Path, model: Classifier, spec: Trai
         log.info(f"weights identical on all {group.world_size} ranks")
     last = state.history[-1] if state.history else None
     summary = f"test accuracy {100 * last['test_acc']:.2f}%" if last else "0 epochs: weights unchanged"
-    log.info(f"{stage}: {summary} after {state.epoch} epochs on {runtime.device.type} ({runtime.precision}); "
+    log.info(f"{stage}: {summary} after {state.epoch} epochs on {runtime.device.type} ({runtime.precision}"
+             f"{', Winograd convolutions' if runtime.winograd_train else ''}); "
              f"wrote {display_path(ckpt_path)} and {display_path(log_path)}")
     return Outcome(ckpt_path, float(last["test_acc"]) if last else None, "test_acc")
 

@@ -202,7 +202,8 @@ class Common:
                                "images per inference batch: auto = the probe's pick on a CPU, 1024 on a GPU")
     channels_last: Any = key("auto", rules.auto_or_flag, "memory format of image batches: auto | true | false")
     winograd: Any = key("auto", rules.auto_or_flag,
-                        "eval's 3x3 convolutions of 64+ channels as Winograd F(4x4,3x3), on a CPU in fp32: "
+                        "3x3 convolutions of 16+ input channels as Winograd F(4x4,3x3) in eval and training, "
+                        "on a CPU in fp32: "
                         "auto = where the probe measured it faster (needs a C compiler) | true | false")
     probe: str = key("auto", rules.choice("auto", "off", "refresh"),
                      "auto: measure once per machine what is fast (cached); off: fixed rules; refresh: measure again")

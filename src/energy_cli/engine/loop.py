@@ -26,7 +26,7 @@ from torch import nn
 from energy_cli.data.batches import Normalizer, random_crop_flip
 from energy_cli.data.images import ImageSet
 from energy_cli.data.streams import LazyImages
-from energy_cli.engine import distributed
+from energy_cli.engine import distributed, winograd
 from energy_cli.engine.graphs import GraphedStep
 from energy_cli.engine.inference import accuracy, predict
 from energy_cli.engine.runtime import Runtime
@@ -167,6 +167,8 @@ def fit(model: nn.Module, spec: TrainSpec, runtime: Runtime, optimizer: torch.op
                                              dynamic_ncols=True))
     if runtime.progress:   # while the bar is drawn, log lines are written above it instead of through it
         open_until_done.enter_context(logging_redirect_tqdm())
+    if runtime.winograd_train:   # the fp32 3x3 convolutions train as Winograd convolutions until fit returns
+        open_until_done.enter_context(winograd.training_convolutions(model))
     try:
         while state.epoch < spec.epochs:
             epoch = state.epoch

@@ -3,8 +3,9 @@
 On a CPU, `precision=auto`, the memory format of image batches, `eval_batch_size=auto` and `threads=auto` follow
 what a probe measured here rather than what a CPU flag suggests. The probe times a 3x3 convolution + ReLU of the
 shape that dominates WRN-40-2 (64 channels on 16x16 maps) in fp32 with contiguous and with channels-last memory,
-the same under bf16 autocast, a few batch sizes, WRN-40-2's deeper layers direct and as Winograd convolutions
-(`winograd=auto`, engine.winograd), and a square matrix product in fp32 and bf16 (the machine's matrix peak). The candidates are timed in interleaved rounds and each keeps its fastest time (other processes
+the same under bf16 autocast, a few batch sizes, a layer of each of WRN-40-2's stages direct and as Winograd
+convolutions, in eval and (two of them) forward + backward for training (`winograd=auto`, engine.winograd), and a
+square matrix product in fp32 and bf16 (the machine's matrix peak). The candidates are timed in interleaved rounds and each keeps its fastest time (other processes
 only ever slow a run down). A candidate replaces the safe default (fp32, contiguous, one thread per allowed core)
 only when it is clearly faster (`MARGIN`), so the probe never picks a slower path; bf16 must be faster still
 (`BF16_MARGIN`) because it changes the numbers, which rules it out wherever bf16 is emulated.
@@ -25,6 +26,7 @@ import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +37,7 @@ from energy_cli.config.paths import user_cache_dir
 
 log = logging.getLogger(__name__)
 
-PROBE_VERSION = 3
+PROBE_VERSION = 4
 MARGIN = 1.05        # a candidate must be at least 5% faster than the default to replace it
 BF16_MARGIN = 1.25   # bf16 must be at least 25% faster than the best fp32 path
 EVAL_BATCHES = (64, 128, 256)
@@ -55,18 +57,21 @@ class Timings:
     matmul_bf16_gflops: float = 0.0
     layers_direct: float = 0.0                # a layer of each of WRN-40-2's stages, direct (stage_layers)
     layers_winograd: float | None = None      # the same as Winograd F(4x4, 3x3); None where it cannot be built
+    train_layers_direct: float = 0.0          # forward + backward of two of those layers at batch 128, direct
+    train_layers_winograd: float | None = None   # the same as engine.winograd.TrainingConv2d
 
 
 @dataclass(frozen=True)
 class Choices:
     """What runs fastest here: bf16 autocast or fp32, the batches' memory format, eval batch size, threads, and
-    whether eval's fp32 convolutions run as Winograd convolutions."""
+    whether eval's and training's fp32 convolutions run as Winograd convolutions."""
 
     bf16: bool
     channels_last: bool
     eval_batch_size: int
     threads: int
     winograd: bool = False
+    winograd_train: bool = False              # training's fp32 convolutions too (forward and input gradient)
     source: str = "probe"                     # probe (measured now) | cache | rules (probe=off, or a GPU)
     matmul_fp32_gflops: float = 0.0
     matmul_bf16_gflops: float = 0.0
@@ -94,6 +99,14 @@ def choose_winograd(t: Timings) -> bool:
     return t.layers_winograd * MARGIN <= t.layers_direct
 
 
+def choose_winograd_train(t: Timings) -> bool:
+    """Winograd convolutions in fp32 training when their forward + backward took at most 1/MARGIN of the
+    direct ones' time."""
+    if t.train_layers_winograd is None:
+        return False
+    return t.train_layers_winograd * MARGIN <= t.train_layers_direct
+
+
 def choose_batch(per_image: dict[int, float]) -> int:
     """The largest batch whose seconds per image are within MARGIN of the best (fewer, larger steps)."""
     best = min(per_image.values())
@@ -113,6 +126,7 @@ def decide(t: Timings, default_threads: int) -> Choices:
     bf16 = choose_bf16(t)
     return Choices(bf16=bf16, channels_last=bf16 or choose_channels_last(t), eval_batch_size=choose_batch(t.per_image),
                    threads=choose_threads(default_threads, t.threads), winograd=choose_winograd(t),
+                   winograd_train=choose_winograd_train(t),
                    matmul_fp32_gflops=t.matmul_fp32_gflops, matmul_bf16_gflops=t.matmul_bf16_gflops)
 
 
@@ -213,6 +227,25 @@ def stage_layers(batch: int, memory_format: torch.memory_format, winograd: bool 
     return run
 
 
+def training_layers(batch: int, memory_format: torch.memory_format, winograd: bool = False) -> Callable[[], object]:
+    """Forward and backward (input and weight gradients) of a 3x3 convolution + ReLU at 32 channels on 32x32 and
+    at 64 on 16x16 (batch 128, the paper's training batch), direct or as engine.winograd.TrainingConv2d."""
+    from energy_cli.engine.winograd import training_convolutions
+
+    g = torch.Generator().manual_seed(0)
+    layers = []
+    for channels, side in ((32, 32), (64, 16)):
+        x = torch.randn(batch, channels, side, side, generator=g).contiguous(memory_format=memory_format)
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(memory_format=memory_format)
+        layers.append((x.requires_grad_(), conv))
+
+    def run():
+        with training_convolutions(torch.nn.ModuleList([c for _, c in layers])) if winograd else nullcontext():
+            for x, conv in layers:
+                F.relu(conv(x)).sum().backward()
+    return run
+
+
 def bf16_autocast_works() -> bool:
     try:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -242,6 +275,10 @@ def measure(threads: int, physical_cores: int | None = None, rounds: int = 3) ->
         if winograd.available():
             layers["winograd"] = stage_layers(batch, fmt, winograd=True)
         layer_times = fastest(layers, rounds)
+        training = {"direct": training_layers(128, fmt)}
+        if winograd.available():
+            training["winograd"] = training_layers(128, fmt, winograd=True)
+        training_times = fastest(training, rounds)
         thread_times: dict[int, float] = {}
         if physical_cores and physical_cores < threads:
             step = conv_step(16, fmt)
@@ -252,7 +289,8 @@ def measure(threads: int, physical_cores: int | None = None, rounds: int = 3) ->
         return Timings(conv_contiguous=formats["contiguous"], conv_channels_last=formats["channels_last"],
                        conv_bf16=formats.get("bf16"), per_image={b: per_batch[str(b)] / b for b in EVAL_BATCHES},
                        threads=thread_times, layers_direct=layer_times["direct"],
-                       layers_winograd=layer_times.get("winograd"), matmul_fp32_gflops=matmul_gflops(torch.float32, rounds=rounds),
+                       layers_winograd=layer_times.get("winograd"), train_layers_direct=training_times["direct"],
+                       train_layers_winograd=training_times.get("winograd"), matmul_fp32_gflops=matmul_gflops(torch.float32, rounds=rounds),
                        matmul_bf16_gflops=matmul_gflops(torch.bfloat16, n=256, rounds=1) if has_bf16 else 0.0)
     finally:
         torch.set_num_threads(saved)

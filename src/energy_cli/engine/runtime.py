@@ -36,6 +36,7 @@ class Runtime:
     int8: bool = False            # precision=int8: eval runs an int8-quantized model (engine.quantize), fp32 around it
     cuda_graphs: bool = False     # training steps replayed as a CUDA graph (engine.graphs)
     winograd: bool = False        # eval's 3x3 convolutions as Winograd F(4x4, 3x3) (engine.winograd)
+    winograd_train: bool = False  # training's too (forward and input gradient: engine.winograd.TrainingConv2d)
 
     @property
     def precision(self) -> str:
@@ -116,10 +117,11 @@ def resolve_cuda_graphs(value: Any, device: torch.device, distributed: bool) -> 
 
 
 def resolve_winograd(value: Any, device: torch.device, dtype: torch.dtype | None, int8: bool = False,
-                     compile: bool = False, choices: Choices | None = None) -> bool:
-    """auto -> Winograd convolutions in eval (engine.winograd) on a CPU in fp32, eager, where the probe measured
-    them faster here (`choices`; without them: no); true -> the same wherever it applies, and an error where it
-    cannot (another device or precision, compile=true, no C compiler); false -> never."""
+                     compile: bool = False, choices: Choices | None = None, training: bool = False) -> bool:
+    """auto -> Winograd convolutions in eval (engine.winograd; in training with `training`) on a CPU in fp32,
+    eager, where the probe measured them faster here (`choices`; without them: no); true -> the same wherever it
+    applies, and an error where it cannot (another device or precision, compile=true, no C compiler); false ->
+    never."""
     text = auto_or_flag("winograd", value)
     if text == "false":
         return False
@@ -127,7 +129,8 @@ def resolve_winograd(value: Any, device: torch.device, dtype: torch.dtype | None
     if text == "auto":
         from energy_cli.engine import winograd
 
-        return usable and bool(choices is not None and choices.winograd) and winograd.available()
+        chosen = choices is not None and (choices.winograd_train if training else choices.winograd)
+        return usable and bool(chosen) and winograd.available()
     if not usable:
         why = (f"device {device}" if device.type != "cpu" else "precision=int8" if int8
                else "compile=true" if compile else "bf16")

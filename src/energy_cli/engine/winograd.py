@@ -25,6 +25,7 @@ gradients: ODIN) runs the direct convolution instead.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import operator
 from concurrent.futures import ThreadPoolExecutor
@@ -186,6 +187,85 @@ class WinogradConv2d(nn.Module):
         if any(done):
             raise MemoryError("the Winograd convolution could not allocate its scratch memory")
         return y
+
+
+def filter_transform_fp32(weight: torch.Tensor) -> torch.Tensor:
+    """filter_transform in fp32 with two matrix products (G g, then (G g) G^T): cheap enough to redo at every
+    training step, as the weights change."""
+    g = torch.tensor(G, dtype=torch.float32)
+    k, c = weight.shape[:2]
+    u = torch.matmul(torch.matmul(g, weight.reshape(k * c, 3, 3)), g.t())          # (k c, 6, 6)
+    return u.reshape(k, c, 36).permute(2, 1, 0).contiguous()
+
+
+def _run(lib: ctypes.CDLL, x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The convolution of NCHW-shaped `x` with transformed filters `u` (36, C, K), plus `bias`, in channels-last
+    memory."""
+    n, c, h, w = x.shape
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = u.shape[2]
+    y = torch.empty((n, out, h, w), dtype=torch.float32, memory_format=torch.channels_last)
+    args = (x.data_ptr(), u.data_ptr(), bias.data_ptr(), None, y.data_ptr(), n, h, w, c, out, 0, block_size(c, out))
+    threads = torch.get_num_threads()
+    done = [lib.wino_parallel(*args, threads)] if lib._openmp and threads > 1 else _split(
+        lib.wino_fused, n * (h // 4) * (w // 4), *args)
+    if any(done):
+        raise MemoryError("the Winograd convolution could not allocate its scratch memory")
+    return y
+
+
+class _TrainingConvolution(torch.autograd.Function):
+    """y = conv3x3(x, weight) + bias as Winograd F(4x4, 3x3), with its gradients: the input's is the same kind
+    of convolution of the output's gradient with the filters turned by 180 degrees and their channels swapped
+    (again F(4x4, 3x3)); the weights' and the bias's come from PyTorch's direct convolution backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        lib = _library()
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        b = bias.detach().contiguous() if bias is not None else torch.zeros(weight.shape[0])
+        return _run(lib, x.detach(), filter_transform_fp32(weight.detach()), b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        gx = None
+        if ctx.needs_input_grad[0]:
+            turned = weight.detach().flip(2, 3).transpose(0, 1)
+            gx = _run(_library(), grad, filter_transform_fp32(turned), torch.zeros(weight.shape[1]))
+        _, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+            [False, bool(ctx.needs_input_grad[1]), bool(ctx.has_bias and ctx.needs_input_grad[2])])
+        return gx, gw, gb
+
+
+class TrainingConv2d(nn.Conv2d):
+    """An nn.Conv2d (same parameters and state dict) whose fp32 CPU forward and input gradient are Winograd
+    convolutions; anything else (bf16 autocast, a side not a multiple of 4, another device) runs conv2d."""
+
+    def _conv_forward(self, input, weight, bias):
+        n, c, h, w = input.shape
+        if (input.device.type != "cpu" or input.dtype != torch.float32 or weight.dtype != torch.float32 or h % 4
+                or w % 4 or torch.is_autocast_enabled("cpu") or _library() is None):
+            return super()._conv_forward(input, weight, bias)
+        return _TrainingConvolution.apply(input, weight, bias)
+
+
+@contextlib.contextmanager
+def training_convolutions(model: nn.Module):
+    """Within the block, the 3x3 convolutions of `model` that `fits` train as TrainingConv2d (their class is
+    switched, and switched back at the end; parameters, state dict and optimizer are untouched). Yields how
+    many."""
+    switched = [m for m in model.modules() if fits(m)]
+    for m in switched:
+        m.__class__ = TrainingConv2d
+    try:
+        yield len(switched)
+    finally:
+        for m in switched:
+            m.__class__ = nn.Conv2d
 
 
 _RELUS = (F.relu, torch.relu, torch.relu_)

@@ -71,6 +71,19 @@ def test_winograd_only_when_at_least_five_percent_faster_and_buildable():
     assert decide(with_layers(10.0, 5.0), 1).winograd and not decide(with_layers(10.0, 12.0), 1).winograd
 
 
+def test_winograd_training_is_decided_on_its_own_forward_and_backward_timing():
+    def with_training(direct, wino):
+        return dataclasses.replace(timings(), layers_direct=10.0, layers_winograd=5.0, train_layers_direct=direct,
+                                   train_layers_winograd=wino)
+
+    assert probe.choose_winograd_train(with_training(10.0, 9.5))       # 1.053x
+    assert not probe.choose_winograd_train(with_training(10.0, 9.6))   # 1.042x
+    assert not probe.choose_winograd_train(with_training(10.0, None))
+    slower = decide(with_training(10.0, 11.0), 1)                       # faster in eval, slower in training
+    assert slower.winograd and not slower.winograd_train
+    assert decide(with_training(10.0, 7.0), 1).winograd_train
+
+
 def test_fastest_keeps_the_minimum_and_drops_hopeless_candidates():
     calls = {"quick": 0, "slow": 0}
 

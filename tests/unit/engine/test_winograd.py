@@ -2,6 +2,7 @@
 (up to fp32 rounding) with the bias, residual sum and ReLU they take in; batches they do not fit, and machines
 without a C compiler, run the direct convolution; the kernels are built once into the user cache folder."""
 
+import contextlib
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from energy_cli.engine import kernels, winograd
 from energy_cli.engine.fusion import fold_batchnorm
 from energy_cli.engine.probe import Choices
 from energy_cli.engine.runtime import resolve_winograd
+from energy_cli.engine.winograd import TrainingConv2d as WinogradTrainingConv2d
 from energy_cli.engine.winograd import WinogradConv2d
 from energy_cli.errors import UserError
 from trained_models import trained_looking
@@ -234,6 +236,12 @@ def test_auto_follows_the_probe_on_a_cpu_in_fp32_and_explicit_values_win():
     assert resolve_winograd("auto", torch.device("cuda"), None, choices=keen) is False
     assert resolve_winograd(True, CPU, None, choices=slow) is True
     assert resolve_winograd("false", CPU, None, choices=keen) is False
+    # training follows the probe's training timing, not eval's
+    both = Choices(bf16=False, channels_last=True, eval_batch_size=128, threads=1, winograd=True, winograd_train=True)
+    assert resolve_winograd("auto", CPU, None, choices=keen, training=True) is False
+    assert resolve_winograd("auto", CPU, None, choices=both, training=True) is True
+    assert resolve_winograd("auto", CPU, torch.bfloat16, choices=both, training=True) is False
+    assert resolve_winograd(True, CPU, None, choices=slow, training=True) is True
 
 
 @pytest.mark.parametrize("kwargs, why", [
@@ -255,3 +263,64 @@ def test_the_key_is_validated(compose):
     validate(compose("eval", ["winograd=false"]))
     with pytest.raises(UserError, match="winograd='often' must be auto, true or false"):
         validate(compose("score", ["winograd=often"]))
+
+
+@needs_cc
+@pytest.mark.parametrize("n, c_in, c_out, h, w, bias", [(2, 16, 32, 8, 8, False), (3, 64, 24, 4, 12, True),
+                                                         (4, 32, 32, 16, 16, False)])
+def test_training_convolutions_give_conv2d_s_outputs_and_gradients(n, c_in, c_out, h, w, bias):
+    """TrainingConv2d's output and its gradients (input: the Winograd convolution of the output's gradient with the
+    turned filters; weights and bias: PyTorch's) against nn.Conv2d's, for the same upstream gradient."""
+    layer = conv(c_in, c_out, bias=bias)
+    x = torch.randn(n, c_in, h, w).contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(n, c_out, h, w)
+    results = []
+    for switched in (False, True):
+        xs = x.clone().requires_grad_(True)
+        with winograd.training_convolutions(layer) if switched else contextlib.nullcontext():
+            assert type(layer) is (WinogradTrainingConv2d if switched else nn.Conv2d)
+            y = layer(xs)
+            params = [xs, layer.weight] + ([layer.bias] if bias else [])
+            results.append([y.detach()] + list(torch.autograd.grad(y, params, upstream)))
+    for direct, wino in zip(*results):
+        assert relative_error(wino, direct) < 1e-4
+    assert type(layer) is nn.Conv2d
+
+
+@needs_cc
+def test_training_convolutions_switch_back_keep_the_state_dict_and_train_like_conv2d():
+    """A training step of the small CNN (three of its four convolutions switched) gives the direct step's loss and
+    gradients; the classes are switched back afterwards (also after an error); the state dict is unchanged."""
+    model = trained_looking({"name": "small_cnn"}, 1).train()
+    keys = list(model.state_dict())
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 10
+
+    def grads():
+        model.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    torch.manual_seed(1)
+    loss, direct = grads()
+    with winograd.training_convolutions(model) as switched:
+        assert switched == 3 and list(model.state_dict()) == keys
+        torch.manual_seed(1)
+        loss2, wino = grads()
+    assert float(loss2) == pytest.approx(float(loss), rel=1e-5)
+    assert all(relative_error(b, a) < 1e-4 for a, b in zip(direct, wino))
+    with pytest.raises(ZeroDivisionError):
+        with winograd.training_convolutions(model):
+            1 / 0
+    assert not any(isinstance(m, WinogradTrainingConv2d) for m in model.modules())
+
+
+@needs_cc
+def test_training_convolutions_under_bf16_autocast_run_conv2d():
+    layer = conv(16, 16)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = layer(x)
+        with winograd.training_convolutions(layer):
+            got = layer(x)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, expected)
