@@ -112,26 +112,41 @@ def load(name: str) -> ctypes.CDLL | None:
 OPENMP_RUNTIMES = ("libgomp", "libiomp5")
 
 
+def pick_openmp_runtime(paths: list[str], torch_dir: str) -> str | None:
+    """Of the loaded libraries `paths`, PyTorch's OpenMP runtime: one under its package folder `torch_dir` (or the
+    `torch.libs` folder beside it, where wheels put their bundled libraries); else the only OpenMP runtime loaded;
+    else None. Other packages bring their own copies (scikit-learn's wheels bundle a libgomp): running on one of
+    those would be a second thread team beside PyTorch's."""
+    runtimes = sorted({p for p in paths if os.path.basename(p).startswith(OPENMP_RUNTIMES)})
+    parent = os.path.dirname(os.path.normpath(torch_dir))
+    homes = (os.path.normpath(torch_dir) + os.sep, os.path.join(parent, "torch.libs") + os.sep)
+    own = [p for p in runtimes if p.startswith(homes)]
+    if own:
+        return own[0]
+    return runtimes[0] if len(runtimes) == 1 else None
+
+
 def openmp_entry_points() -> tuple[int, int, int] | None:
-    """The addresses of GOMP_parallel, omp_get_thread_num and omp_get_num_threads in the OpenMP runtime this
-    process has loaded (PyTorch's: GNU libgomp, or Intel's libiomp5, which offers the same entry points), so
-    that kernels run on PyTorch's own thread team; None where none is loaded (another parallel backend, not
-    Linux)."""
+    """The addresses of GOMP_parallel, omp_get_thread_num and omp_get_num_threads in PyTorch's OpenMP runtime
+    (GNU libgomp, or Intel's libiomp5, which offers the same entry points), found among the libraries this
+    process has loaded, so that kernels run on PyTorch's own thread team; None where there is none (another
+    parallel backend, not Linux)."""
+    import torch
+
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split(maxsplit=5)[-1].strip() for line in maps if "/lib" in line}
+            paths = [line.split(maxsplit=5)[-1].strip() for line in maps if "/lib" in line]
     except OSError:
         return None
-    for path in sorted(paths):
-        if not os.path.basename(path).startswith(OPENMP_RUNTIMES) or not os.path.exists(path):
-            continue
-        try:
-            runtime = ctypes.CDLL(path)
-            names = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
-            return tuple(ctypes.cast(getattr(runtime, n), ctypes.c_void_p).value for n in names)
-        except (OSError, AttributeError):
-            continue
-    return None
+    path = pick_openmp_runtime(paths, os.path.dirname(os.path.realpath(torch.__file__)))
+    if path is None or not os.path.exists(path):
+        return None
+    try:
+        runtime = ctypes.CDLL(path)
+        names = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+        return tuple(ctypes.cast(getattr(runtime, n), ctypes.c_void_p).value for n in names)
+    except (OSError, AttributeError):
+        return None
 
 
 def why_not(name: str) -> str:

@@ -3,6 +3,7 @@
 without a C compiler, run the direct convolution; the kernels are built once into the user cache folder."""
 
 import contextlib
+import os
 import subprocess
 import sys
 
@@ -114,8 +115,27 @@ def test_the_openmp_runtime_is_found_where_pytorch_uses_one():
     map whenever PyTorch's parallel backend is OpenMP."""
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         pytest.skip("this PyTorch's parallel backend is not OpenMP")
+    import sklearn.metrics  # noqa: F401 - scikit-learn's wheels load their own libgomp: it must not be the one
     points = kernels.openmp_entry_points()
     assert points is not None and len(points) == 3 and all(isinstance(p, int) and p > 0 for p in points)
+    with open("/proc/self/maps") as f:
+        maps = [line.split(maxsplit=5)[-1].strip() for line in f if "/lib" in line]
+    torch_dir = os.path.dirname(os.path.realpath(torch.__file__))
+    picked = kernels.pick_openmp_runtime(maps, torch_dir)
+    assert picked.startswith(torch_dir + os.sep) or f"{os.sep}torch.libs{os.sep}" in picked
+
+
+def test_pytorch_s_own_openmp_runtime_is_picked_over_other_packages_copies():
+    sp = "/env/lib/python3.11/site-packages"
+    sklearn, torch_lib = f"{sp}/scikit_learn.libs/libgomp-a34b3233.so.1.0.0", f"{sp}/torch/lib/libgomp.so.1"
+    wheel = f"{sp}/torch.libs/libgomp-804f19d4.so.1.0.0"
+    other = ["/usr/lib/libc.so.6", f"{sp}/torch/lib/libtorch_cpu.so"]
+    assert kernels.pick_openmp_runtime([sklearn, torch_lib, *other], f"{sp}/torch") == torch_lib
+    assert kernels.pick_openmp_runtime([sklearn, wheel, *other], f"{sp}/torch") == wheel
+    assert kernels.pick_openmp_runtime([sklearn, *other], f"{sp}/torch") == sklearn      # the only one loaded
+    assert kernels.pick_openmp_runtime(["/opt/a/libgomp.so.1", sklearn], f"{sp}/torch") is None   # which one?
+    assert kernels.pick_openmp_runtime(other, f"{sp}/torch") is None
+    assert kernels.pick_openmp_runtime([f"{sp}/torch/lib/libiomp5.so"], f"{sp}/torch").endswith("libiomp5.so")
 
 
 @pytest.mark.parametrize("c_in, c_out, block", [(32, 32, 42), (16, 32, 54), (64, 64, 18), (128, 128, 12),
