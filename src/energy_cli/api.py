@@ -51,7 +51,7 @@ from energy_cli.detectors import build_detectors, resolve_score_names
 from energy_cli.detectors.base import FeatureFitDetector
 from energy_cli.detectors.scoring import score_images
 from energy_cli.engine.inference import accuracy
-from energy_cli.engine.runtime import Runtime, prepare_model, resolve_device
+from energy_cli.engine.runtime import Runtime, prepare_model, resolve_device, resolve_winograd
 from energy_cli.errors import PROG, UserError
 from energy_cli.launch import launch
 from energy_cli.models import Classifier, backbone_label
@@ -71,7 +71,8 @@ def evaluate(model: nn.Module | str | Path, id_data: Any, ood_data: Mapping[str,
              num_to_avg: int = 1, ood_samples: int | None = None, seed: int = 0, device: str = "auto",
              precision: str = "fp32", batch_size: int = 256, head: str | None = None,
              odin: Mapping[str, float] | None = None, mahalanobis_noise: float = 0.0,
-             options: Mapping[str, Mapping[str, Any]] | None = None, as_frame: bool | None = None) -> Any:
+             options: Mapping[str, Mapping[str, Any]] | None = None, winograd: bool = False,
+             as_frame: bool | None = None) -> Any:
     """Detection metrics of `model` for ID data against each OOD set: one row per (score, OOD set) and an
     `average` row per score, with results.csv's columns (metrics in percent; see the module docstring for
     what `model` and the data may be).
@@ -83,11 +84,12 @@ def evaluate(model: nn.Module | str | Path, id_data: Any, ood_data: Mapping[str,
     training data for the scores that fit on it (mahalanobis, react, dice, knn, vim). num_to_avg /
     ood_samples / seed: the seeded OOD draws, as in eval. odin: {"temperature": .., "noise": ..};
     options: the settings of the energy-family scores by name, e.g. {"react": {"percentile": 90}}.
-    as_frame: a pandas DataFrame (None: when pandas is installed) or a list of dicts."""
+    winograd: the 3x3 convolutions as Winograd F(4x4, 3x3), as `energy-ood eval winograd=true` (a CPU in fp32;
+    its logits differ from the direct convolutions' in the last bits). as_frame: a pandas DataFrame (None: when pandas is installed) or a list of dicts."""
     names = resolve_score_names(list(scores) if not isinstance(scores, str) else scores)
     if not ood_data:
         raise UserError("ood_data is empty; give at least one OOD set, e.g. {'noise': images}")
-    runtime = _runtime(device, precision, batch_size)
+    runtime = _runtime(device, precision, batch_size, winograd)
     info: dict[str, Any] = {"dataset": "id", "backbone": type(model).__name__, "stage": None, "checkpoint": None}
     if isinstance(model, (str, Path)):
         model, info, shape, mean, std = _from_checkpoint(Path(model), runtime)
@@ -127,11 +129,12 @@ def evaluate(model: nn.Module | str | Path, id_data: Any, ood_data: Mapping[str,
     return _frame(rows, columns, as_frame)
 
 
-def _runtime(device: str, precision: str, batch_size: int) -> Runtime:
+def _runtime(device: str, precision: str, batch_size: int, winograd: bool = False) -> Runtime:
     if precision not in ("fp32", "bf16"):
         raise UserError(f"precision={precision!r}: choose fp32 or bf16")
-    return Runtime(device=resolve_device(device), dtype=torch.bfloat16 if precision == "bf16" else None,
-                   eval_batch_size=int(batch_size))
+    where, dtype = resolve_device(device), torch.bfloat16 if precision == "bf16" else None
+    return Runtime(device=where, dtype=dtype, eval_batch_size=int(batch_size),
+                   winograd=resolve_winograd(bool(winograd), where, dtype))
 
 
 def _from_checkpoint(path: Path, runtime: Runtime) -> tuple[Classifier, dict[str, Any], Shape, list, list]:

@@ -5,23 +5,27 @@ margins (conf/hparams_search/margins.yaml) optimises the metric finetune returns
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import FAST, own_checkpoint, read_csv, working_dir
 
 from energy_cli import api
 from energy_cli.data import embedded, synthetic
+from energy_cli.engine import winograd
+from energy_cli.errors import UserError
 from energy_cli.runs.outputs import RESULT_COLUMNS, csv_bytes
 
 
 def test_evaluate_rows_equal_the_cli_results(pretrained, tmp_path):
     ckpt = own_checkpoint(pretrained, tmp_path / "ckpt")
     with working_dir(tmp_path):
-        # channels_last=false: api.evaluate computes in contiguous memory; the command's auto picks channels_last
-        # where the probe (or, with probe=off, an AMX CPU) says so, and its logits then differ in the last bits,
-        # which moved an AUROC by 0.0003 with the AVX2 kernels on an Intel Xeon with AMX
+        # channels_last=false, winograd=false: api.evaluate computes in contiguous memory with the direct
+        # convolutions by default; the command's auto picks either where the probe says so, and its logits then
+        # differ in the last bits (an AUROC moved by 0.0003 with channels_last on an Intel Xeon with AMX, a kNN
+        # AUROC by 0.0003 with Winograd convolutions on an AMD EPYC)
         run = api.eval(f"ckpt={ckpt}", "ood=[gaussian,uniform]", "score=[msp,energy,mahalanobis,knn]",
-                       "hydra.run.dir=ev", "channels_last=false", *FAST)
+                       "hydra.run.dir=ev", "channels_last=false", "winograd=false", *FAST)
     assert run.metric_name == "energy_fpr95" and run.folder.name == "ev" and run.value[0]["score"] == "msp"
     cli_rows = read_csv(tmp_path / "ev" / "results.csv")
     train, test = embedded.load_digits_split()
@@ -34,6 +38,28 @@ def test_evaluate_rows_equal_the_cli_results(pretrained, tmp_path):
     assert mine == theirs
     energy_average = next(r for r in cli_rows if r["score"] == "energy" and r["ood"] == "average")
     assert run.metric == pytest.approx(float(energy_average["fpr95"]), rel=1e-5)
+
+
+def test_evaluate_with_winograd_rows_equal_the_cli_s(pretrained, tmp_path, capsys):
+    if not winograd.available():
+        pytest.skip(f"no Winograd kernels here: {winograd.why_unavailable()}")
+    ckpt = own_checkpoint(pretrained, tmp_path / "ckpt")
+    with working_dir(tmp_path):
+        api.eval(f"ckpt={ckpt}", "ood=[gaussian]", "score=[energy,knn]", "hydra.run.dir=ev",
+                 "channels_last=false", "winograd=true", *FAST)
+    assert "cpu fp32, Winograd convolutions" in capsys.readouterr().out
+    train, test = embedded.load_digits_split()
+    noise = synthetic.gaussian(1000, test.shape, 0).images
+    rows = api.evaluate(ckpt, (test.images, test.labels), {"gaussian": noise}, scores=["energy", "knn"],
+                        train_data=(train.images, train.labels), device="cpu", winograd=True, as_frame=False)
+    mine = csv_bytes(rows, RESULT_COLUMNS).decode().splitlines()[1:]
+    assert mine == [",".join(r[c] for c in RESULT_COLUMNS) for r in read_csv(tmp_path / "ev" / "results.csv")]
+
+
+def test_evaluate_refuses_winograd_where_it_cannot_run(pretrained, tmp_path):
+    with pytest.raises(UserError, match="winograd=true runs on a CPU in fp32"):
+        api.evaluate(pretrained, np.zeros((4, 1, 8, 8), np.float32), {"noise": np.ones((4, 1, 8, 8), np.float32)},
+                     precision="bf16", device="cpu", winograd=True)
 
 
 def test_train_and_finetune_return_their_folder_and_test_accuracy(tmp_path):
