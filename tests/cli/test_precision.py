@@ -264,18 +264,27 @@ def test_winograd_eval_gives_the_direct_evaluation_s_results(cli):
                     reason="needs a C compiler (cc or $CC)")
 def test_winograd_training_gives_the_direct_training_s_weights(cli):
     """An epoch of the default training with its convolutions as Winograd convolutions (forward and input
-    gradients) against the direct ones, from the same seed: the log says so, and every weight ends within fp32
-    rounding of the direct run's (the updates of 45 steps add up differences of about 1e-6 per step)."""
+    gradients) against the direct ones, from the same seed: the log says so, and every weight ends as close to the
+    direct run's as rounding alone puts two direct runs. An epoch of SGD amplifies rounding differences: two direct
+    runs that differ only in memory layout (channels_last, so oneDNN sums in another order) end up to 0.7% apart
+    on an Intel Xeon, as far as a 1% change of the learning rate moves them. So the bound is that measured spread,
+    taken on this machine, with a floor for machines where both layouts round alike."""
     from energy_cli.runs.checkpoint import load_checkpoint
 
     common = ["progress=false", "precision=fp32", "threads=1", "epochs=1"]
-    for flag in ("true", "false"):
-        assert cli("train", f"winograd={flag}", *common, f"hydra.run.dir=train_{flag}").code == 0
-    assert "Winograd convolutions" in (Path("train_true") / "train.log").read_text()
-    assert "Winograd convolutions" not in (Path("train_false") / "train.log").read_text()
-    wino, direct = (load_checkpoint(f"train_{flag}/checkpoint.pt")["model"] for flag in ("true", "false"))
-    assert wino.keys() == direct.keys()
-    assert any(not torch.equal(wino[k], direct[k]) for k in direct)   # the convolutions did run another way
-    for key, a in direct.items():
-        if a.is_floating_point():
-            assert float((wino[key] - a).abs().max()) <= 1e-3 * max(1.0, float(a.abs().max())), key
+    runs = {"wino": ["winograd=true", "channels_last=false"], "direct": ["winograd=false", "channels_last=false"],
+            "direct_cl": ["winograd=false", "channels_last=true"]}
+    for name, args in runs.items():
+        assert cli("train", *args, *common, f"hydra.run.dir={name}").code == 0
+    assert "Winograd convolutions" in (Path("wino") / "train.log").read_text()
+    assert "Winograd convolutions" not in (Path("direct") / "train.log").read_text()
+    w = {name: load_checkpoint(f"{name}/checkpoint.pt")["model"] for name in runs}
+    assert w["wino"].keys() == w["direct"].keys()
+    assert any(not torch.equal(w["wino"][k], w["direct"][k]) for k in w["direct"])   # it did run another way
+
+    def spread(a, b):   # the largest difference of any weight, relative to that tensor's size (at least 1)
+        return max(float((a[k] - b[k]).abs().max()) / max(1.0, float(b[k].abs().max()))
+                   for k in b if b[k].is_floating_point())
+
+    rounding = spread(w["direct_cl"], w["direct"])
+    assert spread(w["wino"], w["direct"]) <= 3 * max(rounding, 2e-3), rounding
