@@ -9,7 +9,8 @@ with a whole one. No compiler (or a failed build) is not an error here: `load` r
 why, and the callers fall back to PyTorch's own kernels.
 
 The compiler is `$CC`, else `cc`. On x86-64 machines whose kernels may use AVX2 (ATen's CPU capability, which
-`ATEN_CPU_CAPABILITY` can lower) the code is built with `-mavx2 -mfma`; elsewhere for the baseline instruction set.
+`ATEN_CPU_CAPABILITY` can lower) the code is built with `-mavx2 -mfma`, and with `-mavx512f` too where they may
+use AVX-512; elsewhere for the baseline instruction set.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def source_path(name: str) -> Path:
 
 
 def isa_flags() -> list[str]:
-    """-mavx2 -mfma where ATen's kernels may use AVX2 on an x86-64 CPU, else nothing (the baseline ISA)."""
+    """-mavx2 -mfma where ATen's kernels may use AVX2 on an x86-64 CPU, and -mavx512f too where they may use
+    AVX-512; else nothing (the baseline ISA)."""
     import torch
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -47,7 +49,9 @@ def isa_flags() -> list[str]:
         capability = str(torch.backends.cpu.get_cpu_capability()).upper()
     except Exception:  # noqa: BLE001 - an older torch without the query: the baseline is always safe
         return []
-    return ["-mavx2", "-mfma"] if capability.startswith(("AVX2", "AVX512")) else []
+    if capability.startswith("AVX512"):
+        return ["-mavx2", "-mfma", "-mavx512f"]
+    return ["-mavx2", "-mfma"] if capability.startswith("AVX2") else []
 
 
 def compiler() -> str | None:

@@ -130,10 +130,46 @@ static inline void panel(const float *restrict A, int64_t lda, const float *rest
     }
 }
 
-/* out (rows x K, stride K) = A (rows x C, stride C) times B (C x K, stride K). */
+#if defined(__AVX512F__)
+/* With AVX-512 (built with -mavx512f where ATen's kernels use AVX-512): the same panels with vectors of 16
+ * floats, 6 rows x 32 output channels in 12 of the 32 vector registers. */
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+static inline void panel16(const float *restrict A, int64_t lda, const float *restrict B, int64_t ldb,
+                           float *restrict out, int64_t ldo, int64_t C, int R, int NV) {
+    v16 acc[ROWS][2] = {{{0}}};
+    for (int64_t p = 0; p < C; p++) {
+        v16 b0 = *(const v16 *)(B + p * ldb), b1 = NV > 1 ? *(const v16 *)(B + p * ldb + 16) : b0;
+        for (int r = 0; r < ROWS; r++) {
+            if (r >= R) break;
+            float a = A[r * lda + p];
+            acc[r][0] += a * b0;
+            if (NV > 1) acc[r][1] += a * b1;
+        }
+    }
+    for (int r = 0; r < ROWS; r++) {
+        if (r >= R) break;
+        *(v16 *)(out + r * ldo) = acc[r][0];
+        if (NV > 1) *(v16 *)(out + r * ldo + 16) = acc[r][1];
+    }
+}
+#endif
+
+/* out (rows x K, stride K) = A (rows x C, stride C) times B (C x K, stride K): panels of 32 output channels
+ * (AVX-512) or 16, then the 16 or 8 that are left. */
 static void products(const float *restrict A, const float *restrict B, float *restrict out, int64_t rows,
                      int64_t C, int64_t K) {
-    for (int64_t j = 0; j < K; j += 16) {
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    for (; K - j >= 16; j += K - j >= 32 ? 32 : 16) {
+        int NV = K - j >= 32 ? 2 : 1;
+        for (int64_t r = 0; r < rows; r += ROWS) {
+            int R = rows - r >= ROWS ? ROWS : (int)(rows - r);
+            if (R == ROWS && NV == 2) panel16(A + r * C, C, B + j, K, out + r * K + j, K, C, ROWS, 2);
+            else panel16(A + r * C, C, B + j, K, out + r * K + j, K, C, R, NV);
+        }
+    }
+#endif
+    for (; j < K; j += 16) {
         int wide = K - j >= 16;
         for (int64_t r = 0; r < rows; r += ROWS) {
             int R = rows - r >= ROWS ? ROWS : (int)(rows - r);

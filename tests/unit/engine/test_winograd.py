@@ -64,6 +64,8 @@ def test_the_transform_matrices_give_the_direct_convolution_exactly_in_float64()
     (3, 16, 24, 16, 32),
     # one tile (a panel of 1 row, not 6), 40 inputs, 8 outputs
     (1, 40, 8, 4, 4),
+    # 40 and 56 outputs: with AVX-512 a panel of 32 channels, then 16 and/or 8; with AVX2 panels of 16, then 8
+    (2, 16, 40, 8, 8), (1, 24, 56, 12, 8),
 ])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("with_residual", [False, True])
@@ -82,6 +84,45 @@ def test_the_kernels_match_conv2d_with_bias_residual_and_relu(monkeypatch, n, c_
     assert relative_error(got, expected) < 2e-5
     if relu:
         assert float(got.min()) == 0.0
+
+
+def _capability() -> str:
+    try:
+        return str(torch.backends.cpu.get_cpu_capability()).upper()
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+@needs_cc
+@pytest.mark.parametrize("isa, flags", [("AVX2", ["-mavx2", "-mfma"]), ("AVX512", ["-mavx2", "-mfma", "-mavx512f"])])
+def test_each_instruction_set_s_build_matches_conv2d(tmp_path, monkeypatch, isa, flags):
+    """The AVX2 build (panels of 8-float vectors) and the AVX-512 one (panels of 32 output channels in 16-float
+    vectors, then 16 and 8) on the same layers, each where this CPU runs it; the build for a machine is the one
+    its ATen capability names."""
+    capability = _capability()
+    if not capability.startswith(("AVX2", "AVX512") if isa == "AVX2" else ("AVX512",)):
+        pytest.skip(f"this CPU's kernels are {capability or 'unknown'}, not {isa}")
+    monkeypatch.setattr(kernels, "isa_flags", lambda: flags)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert winograd.available(), winograd.why_unavailable()
+    assert kernels.library_path(winograd.KERNELS, kernels.compiler()).exists()
+    for n, c_in, c_out, h, w in [(2, 16, 40, 8, 8), (1, 24, 56, 12, 8), (2, 32, 64, 8, 16), (1, 16, 8, 4, 4),
+                                 (3, 64, 24, 8, 4)]:
+        layer = conv(c_in, c_out)
+        x = torch.randn(n, c_in, h, w).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            got, expected = WinogradConv2d(layer, relu=True)(x), F.relu(layer(x))
+        assert relative_error(got, expected) < 2e-5, (n, c_in, c_out, h, w)
+
+
+def test_the_build_flags_follow_aten_s_capability(monkeypatch):
+    monkeypatch.setattr(kernels.platform, "machine", lambda: "x86_64")
+    for capability, flags in [("AVX512", ["-mavx2", "-mfma", "-mavx512f"]), ("AVX2", ["-mavx2", "-mfma"]),
+                              ("DEFAULT", [])]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert kernels.isa_flags() == flags
+    monkeypatch.setattr(kernels.platform, "machine", lambda: "aarch64")
+    assert kernels.isa_flags() == []
 
 
 @needs_cc
