@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-# Every test (about 5 minutes on a 2-core AMD EPYC with AVX-512, 6.5 on a 2-core Intel Xeon); test-fast: the unit tier and a CLI smoke test (under a minute).
+# Every test (about 5 minutes on a 2-core AMD EPYC with AVX-512, 6.5 on a 2-core Intel Xeon); test-fast: the unit tier and a CLI smoke test (about a minute: 75 s on that Xeon).
 test: install
 	$(PY) -m pytest
 
