@@ -38,20 +38,29 @@ def source_path(name: str) -> Path:
     return Path(__file__).with_name(f"{name}.c")
 
 
+# The compiler flags for each of ATen's CPU capabilities the kernels are built for (the first that the capability
+# starts with: "AVX512" also covers AVX512_VNNI etc.); any other capability builds for the baseline ISA.
+ISA_FLAGS = {"AVX512": ["-mavx2", "-mfma", "-mavx512f"], "AVX2": ["-mavx2", "-mfma"]}
+
+
+def cpu_capability() -> str:
+    """ATen's CPU capability in capitals ("AVX512", "AVX2", "DEFAULT", ...; `ATEN_CPU_CAPABILITY` can lower it),
+    "" where this torch cannot say."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability()).upper()
+    except Exception:  # noqa: BLE001 - an older torch without the query: the baseline is always safe
+        return ""
+
+
 def isa_flags() -> list[str]:
     """-mavx2 -mfma where ATen's kernels may use AVX2 on an x86-64 CPU, and -mavx512f too where they may use
     AVX-512; else nothing (the baseline ISA)."""
-    import torch
-
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return []
-    try:
-        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    except Exception:  # noqa: BLE001 - an older torch without the query: the baseline is always safe
-        return []
-    if capability.startswith("AVX512"):
-        return ["-mavx2", "-mfma", "-mavx512f"]
-    return ["-mavx2", "-mfma"] if capability.startswith("AVX2") else []
+    capability = cpu_capability()
+    return next((list(flags) for isa, flags in ISA_FLAGS.items() if capability.startswith(isa)), [])
 
 
 def compiler() -> str | None:

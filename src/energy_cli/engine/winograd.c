@@ -108,50 +108,34 @@ static inline void output_tiles(const float *restrict M, int64_t s, int64_t base
     }
 }
 
-/* R rows (R <= ROWS) of out (row stride ldo) = A (rows of length C, stride lda) times B (C x 8 NV, stride ldb),
- * for NV = 1 or 2 vectors of output channels: the register-blocked inner loop of the products. */
+/* R rows (R <= ROWS) of out (row stride ldo) = A (rows of length C, stride lda) times B (C x W NV, stride ldb),
+ * for NV = 1 or 2 vectors of W output channels: the register-blocked inner loop of the products, written once
+ * for each vector type: v8 (W = 8), and v16 (W = 16) in the AVX-512 build (built with -mavx512f where ATen's
+ * kernels use AVX-512), whose 6 rows x 32 channels take 12 of its 32 vector registers. */
 #define ROWS 6
-static inline void panel(const float *restrict A, int64_t lda, const float *restrict B, int64_t ldb,
-                         float *restrict out, int64_t ldo, int64_t C, int R, int NV) {
-    v8 acc[ROWS][2] = {{{0}}};
-    for (int64_t p = 0; p < C; p++) {
-        v8 b0 = *(const v8 *)(B + p * ldb), b1 = NV > 1 ? *(const v8 *)(B + p * ldb + 8) : b0;
-        for (int r = 0; r < ROWS; r++) {
-            if (r >= R) break;
-            float a = A[r * lda + p];
-            acc[r][0] += a * b0;
-            if (NV > 1) acc[r][1] += a * b1;
-        }
+#define PANEL(name, vec, W)                                                                                    \
+    static inline void name(const float *restrict A, int64_t lda, const float *restrict B, int64_t ldb,       \
+                            float *restrict out, int64_t ldo, int64_t C, int R, int NV) {                    \
+        vec acc[ROWS][2] = {{{0}}};                                                                            \
+        for (int64_t p = 0; p < C; p++) {                                                                      \
+            vec b0 = *(const vec *)(B + p * ldb), b1 = NV > 1 ? *(const vec *)(B + p * ldb + W) : b0;          \
+            for (int r = 0; r < ROWS; r++) {                                                                   \
+                if (r >= R) break;                                                                             \
+                float a = A[r * lda + p];                                                                      \
+                acc[r][0] += a * b0;                                                                           \
+                if (NV > 1) acc[r][1] += a * b1;                                                               \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int r = 0; r < ROWS; r++) {                                                                       \
+            if (r >= R) break;                                                                                 \
+            *(vec *)(out + r * ldo) = acc[r][0];                                                               \
+            if (NV > 1) *(vec *)(out + r * ldo + W) = acc[r][1];                                               \
+        }                                                                                                      \
     }
-    for (int r = 0; r < ROWS; r++) {
-        if (r >= R) break;
-        *(v8 *)(out + r * ldo) = acc[r][0];
-        if (NV > 1) *(v8 *)(out + r * ldo + 8) = acc[r][1];
-    }
-}
-
+PANEL(panel, v8, 8)
 #if defined(__AVX512F__)
-/* With AVX-512 (built with -mavx512f where ATen's kernels use AVX-512): the same panels with vectors of 16
- * floats, 6 rows x 32 output channels in 12 of the 32 vector registers. */
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
-static inline void panel16(const float *restrict A, int64_t lda, const float *restrict B, int64_t ldb,
-                           float *restrict out, int64_t ldo, int64_t C, int R, int NV) {
-    v16 acc[ROWS][2] = {{{0}}};
-    for (int64_t p = 0; p < C; p++) {
-        v16 b0 = *(const v16 *)(B + p * ldb), b1 = NV > 1 ? *(const v16 *)(B + p * ldb + 16) : b0;
-        for (int r = 0; r < ROWS; r++) {
-            if (r >= R) break;
-            float a = A[r * lda + p];
-            acc[r][0] += a * b0;
-            if (NV > 1) acc[r][1] += a * b1;
-        }
-    }
-    for (int r = 0; r < ROWS; r++) {
-        if (r >= R) break;
-        *(v16 *)(out + r * ldo) = acc[r][0];
-        if (NV > 1) *(v16 *)(out + r * ldo + 16) = acc[r][1];
-    }
-}
+PANEL(panel16, v16, 16)
 #endif
 
 /* out (rows x K, stride K) = A (rows x C, stride C) times B (C x K, stride K): panels of 32 output channels
